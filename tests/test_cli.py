@@ -1,0 +1,31 @@
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "cai_utils", *args], capture_output=True,
+                          text=True)
+
+
+def test_help_lists_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("info", "validate", "diff", "critique"):
+        assert command in result.stdout
+
+
+def test_info_without_loading():
+    result = run("info", "--no-load", "--profile", "ci")
+    assert result.returncode == 0, result.stderr
+    assert "profile   ci" in result.stdout and "transformers" in result.stdout
+
+
+def test_info_loads_the_default_model():
+    result = run("info", "--profile", "ci")
+    assert result.returncode == 0, result.stderr
+    assert "default model loads" in result.stdout
+
+
+def test_unknown_profile_is_rejected():
+    result = run("info", "--profile", "tpu")
+    assert result.returncode == 2 and "invalid choice: 'tpu'" in result.stderr

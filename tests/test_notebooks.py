@@ -1,0 +1,65 @@
+"""Every notebook follows the course skeleton; nbval runs them (see the Makefile)."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+SLUG = REPO_URL.removeprefix("https://github.com/")
+
+
+def cells(path):
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_notebooks_are_numbered_in_order():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers and numbers == list(range(len(numbers)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_starts_with_title_and_a_colab_badge_to_itself(path):
+    first = cells(path)[0]
+    assert first["cell_type"] == "markdown" and source(first).startswith("# ")
+    links = re.findall(r"https://colab\.research\.google\.com/github/([^)\s]+)", source(first))
+    assert links == [f"{SLUG}/blob/main/notebooks/{path.name}"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_only_on_colab(path):
+    setup = next(c for c in cells(path) if c["cell_type"] == "code")
+    lines = source(setup).splitlines()
+    guard = lines.index('if "google.colab" in sys.modules:')
+    installs = [i for i, line in enumerate(lines) if line.lstrip().startswith(("!", "%"))]
+    assert installs, "the setup cell should install the course on Colab"
+    assert all(i > guard and lines[i].startswith("    ") for i in installs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_and_with_a_kernelspec(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell["outputs"] and cell["execution_count"] is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_has_assertions_and_exercises(path):
+    code = "\n".join(source(c) for c in cells(path) if c["cell_type"] == "code")
+    assert "assert " in code
+    assert "## Exercises" in source(cells(path)[-1])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_readme_links_the_notebook(path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"{SLUG}/blob/main/notebooks/{path.name}" in readme

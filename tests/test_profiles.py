@@ -1,0 +1,65 @@
+import dataclasses
+
+import pytest
+
+from cai_utils.profiles import PROFILES, get_profile
+
+
+def test_four_profiles_with_distinct_sizes():
+    assert set(PROFILES) == {"ci", "cpu", "t4", "a100"}
+    assert PROFILES["ci"].n_red_team < PROFILES["cpu"].n_red_team < PROFILES["t4"].n_red_team
+    assert PROFILES["ci"].sft_steps <= PROFILES["cpu"].sft_steps < PROFILES["t4"].sft_steps
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_every_profile_is_complete(name):
+    profile = PROFILES[name]
+    assert profile.name == name
+    for field in dataclasses.fields(profile):
+        if field.name not in ("critic_model", "judge_model", "lm_eval_limit"):
+            assert getattr(profile, field.name) is not None, field.name
+    assert profile.candidate_mode in ("revision", "samples")
+    assert profile.judge_mode in ("sampled", "all")
+    assert profile.dtype in ("float32", "float16", "bfloat16")
+
+
+def test_gpu_profiles_use_hub_models_and_right_dtypes():
+    t4, a100 = PROFILES["t4"], PROFILES["a100"]
+    assert t4.load_in_4bit and t4.dtype == "float16"  # a T4 has no bf16
+    assert a100.dtype == "bfloat16"
+    assert "/" in t4.policy_model and "/" in a100.policy_model
+    assert PROFILES["cpu"].gradient_checkpointing is False  # 6-7x slower on CPU
+
+
+def test_cpu_profiles_use_the_offline_default():
+    assert PROFILES["ci"].policy_model == PROFILES["cpu"].policy_model == "default"
+
+
+def test_env_selects_profile(monkeypatch):
+    monkeypatch.setenv("CAI_PROFILE", "t4")
+    assert get_profile().name == "t4"
+    assert get_profile("ci").name == "ci"  # an explicit name wins
+
+
+def test_default_without_env_is_cpu_here(monkeypatch):
+    monkeypatch.delenv("CAI_PROFILE", raising=False)
+    monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: False)
+    assert get_profile().name == "cpu"
+    monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: True)
+    assert get_profile().name == "t4"
+
+
+def test_unknown_profile_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("CAI_PROFILE", "tpu")
+    with pytest.raises(ValueError, match="unknown profile 'tpu': choose one of ci, cpu, t4, a100"):
+        get_profile()
+
+
+def test_replace_and_roles():
+    profile = PROFILES["ci"].replace(judge_model="other/judge")
+    assert profile.model_for("judge") == "other/judge"
+    assert profile.model_for("critic") == "default"
+    with pytest.raises(ValueError, match="unknown profile field"):
+        PROFILES["ci"].replace(batchsize=3)
+    with pytest.raises(ValueError, match="unknown model role"):
+        profile.model_for("reviewer")
