@@ -116,14 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("critique", help="stage 1: critique-revision SFT data (resumable JSONL)")
     p.add_argument("--constitution", required=True)
-    p.add_argument("--prompts", required=True)
+    p.add_argument("--prompts", required=True, nargs="+", metavar="FILE",
+                   help="JSONL prompt file(s): {id, prompt} or {id, messages} per line")
     p.add_argument("--out", required=True)
     p.add_argument("--model", help="answering model (default: the profile's policy)")
     p.add_argument("--critic-model", help="model that writes critiques and revisions "
                                           "(default: the answering model)")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="at most N prompts from each file")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -42,7 +42,7 @@ def content_id(obj) -> str:
     """A short stable id from an object's canonical JSON.
 
     >>> content_id({"prompt": "hi"})
-    'p-2d7e7b8d5b41'
+    'p-bbab304eadd0'
     """
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return "p-" + hashlib.sha256(blob).hexdigest()[:12]
@@ -109,7 +109,7 @@ class JsonlAppender:
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
-    >>> with JsonlAppender(out) as w: w.write([{"id": "a"}])
+    >>> with JsonlAppender(out) as w: n = w.write([{"id": "a"}])
     >>> JsonlAppender(out).done_ids
     {'a'}
     """

@@ -1,0 +1,262 @@
+"""Stage 1: answer, then R rounds of critique and revision; the last good revision is the target.
+
+Work is batched across prompts (every step of a chunk is one batched call), records are appended
+per chunk, and a rerun skips ids already written. Bad critiques and revisions are flagged, never
+silently kept: a revision flagged empty, degenerate or meta is not accepted, and the answer
+carried into the next round stays the last accepted one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import prompts as P
+from .constitution import Constitution
+from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl, read_manifest, write_manifest
+from .evaluation import is_refusal, proportion_ci
+from .generation import Generator, SamplingParams
+
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+|here you go[:!.,]?\s+|"
+    r"(?:here(?:'s| is) (?:a |the |my |an )?(?:revised|rewritten|new|updated|improved|better)"
+    r"[^:\n]{0,60}:\s*)|"
+    r"(?:(?:revised|rewritten|new|updated|improved) (?:response|reply|version|answer)\s*:\s*))",
+    re.IGNORECASE,
+)
+_META = re.compile(r"^\s*(?:the |this |my )?(?:revised|rewritten|original|new) (?:response|reply|version)\b"
+                   r"|^\s*i (?:have |'ve )?(?:revised|rewritten|rewrote)\b", re.IGNORECASE)
+
+
+def clean_revision(text: str) -> str:
+    """Strip preambles such as "Sure, here is a revised response:" and wrapping quotes.
+
+    >>> clean_revision('Sure! Here is a revised response: "No, I can\\'t help with that."')
+    "No, I can't help with that."
+    """
+    previous = None
+    while previous != text:
+        previous, text = text, _PREAMBLE.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def is_degenerate(text: str) -> bool:
+    """A reply that loops: few distinct word trigrams, or one line said three times or more.
+
+    >>> is_degenerate("no no no no no no no no no no no no no no no no no no no no")
+    True
+    >>> is_degenerate("Paris is the capital of France.")
+    False
+    """
+    words = text.lower().split()
+    if len(words) >= 16:
+        trigrams = list(zip(words, words[1:], words[2:]))
+        if len(set(trigrams)) / len(trigrams) < 0.5:
+            return True
+    lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 10]
+    return any(lines.count(line) >= 3 for line in set(lines))
+
+
+def flag_text(text: str, source: str, finished: bool, kind: str) -> list[str]:
+    """Flags for a critique or a revision: empty, degenerate, echo (copies its input),
+    truncated (ran out of tokens), meta (a revision that talks about itself)."""
+    if not text.strip():
+        return [f"{kind}_empty"]
+    flags = []
+    if is_degenerate(text):
+        flags.append(f"{kind}_degenerate")
+    if text.strip() == source.strip():
+        flags.append(f"{kind}_echo")
+    if not finished:
+        flags.append(f"{kind}_truncated")
+    if kind == "revision" and _META.search(text):
+        flags.append("revision_meta")
+    return flags
+
+
+REJECTING = ("revision_empty", "revision_degenerate", "revision_meta", "critique_empty")
+
+
+def round_temperature(r: int, rounds: int, schedule: tuple[float, float]) -> float:
+    """Linear from schedule[0] in the first round to schedule[1] in the last.
+
+    >>> [round_temperature(r, 3, (0.9, 0.4)) for r in range(3)]
+    [0.9, 0.65, 0.4]
+    """
+    start, end = schedule
+    return start if rounds == 1 else round(start + (end - start) * r / (rounds - 1), 4)
+
+
+@dataclass(frozen=True)
+class CritiqueSettings:
+    rounds: int = 1
+    few_shot: int = 1
+    max_new_tokens: int = 64
+    critique_max_new_tokens: int = 48
+    answer_temperature: float = 0.7
+    top_p: float = 0.92
+    round_temperatures: tuple[float, float] = (0.0, 0.0)
+    seed: int = 0
+
+
+def critique_revise(items: list[dict], constitution: Constitution, answerer: Generator,
+                    critic: Generator, settings: CritiqueSettings) -> list[dict]:
+    """Run stage 1 on a chunk of prompt records, all steps batched; returns one record each."""
+    s = settings
+    keys = [item["id"] for item in items]
+    convs = [item["messages"] for item in items]
+    answer_params = SamplingParams(s.max_new_tokens, s.answer_temperature, s.top_p, seed=s.seed)
+    answers = answerer.chat(convs, answer_params, keys, desc="answers")
+    current = [a.text for a in answers]
+    rounds = [[] for _ in items]
+    flags = [["answer_truncated"] if not a.finished else [] for a in answers]
+    for r in range(s.rounds):
+        temp = round_temperature(r, s.rounds, s.round_temperatures)
+        principles = [constitution.sample_principle(f"{k}:{r}", s.seed) for k in keys]
+        crit_in = [P.critique_messages(constitution, p, c, cur, s.few_shot)
+                   for p, c, cur in zip(principles, convs, current)]
+        crit_params = SamplingParams(s.critique_max_new_tokens, temp, s.top_p, seed=s.seed + r + 1)
+        critiques = critic.chat(crit_in, crit_params, [f"{k}:c{r}" for k in keys],
+                                desc=f"critiques {r + 1}/{s.rounds}")
+        rev_in = [P.revision_messages(constitution, p, c, cur, cr.text, s.few_shot)
+                  for p, c, cur, cr in zip(principles, convs, current, critiques)]
+        rev_params = SamplingParams(s.max_new_tokens, temp, s.top_p, seed=s.seed + r + 101)
+        revisions = critic.chat(rev_in, rev_params, [f"{k}:r{r}" for k in keys],
+                                desc=f"revisions {r + 1}/{s.rounds}")
+        for i, (p, cr, rv) in enumerate(zip(principles, critiques, revisions)):
+            revision = clean_revision(rv.text)
+            round_flags = (flag_text(cr.text, current[i], cr.finished, "critique")
+                           + flag_text(revision, current[i], rv.finished, "revision"))
+            accepted = not any(f in REJECTING for f in round_flags)
+            rounds[i].append({"principle_id": p.id, "temperature": temp, "critique": cr.text,
+                              "revision": revision, "raw_revision": rv.text,
+                              "accepted": accepted, "flags": round_flags})
+            flags[i] += [f for f in round_flags if f not in flags[i]]
+            if accepted:
+                current[i] = revision
+    records = []
+    for item, answer, final, item_rounds, item_flags in zip(items, answers, current, rounds, flags):
+        if not any(r["accepted"] for r in item_rounds):
+            item_flags.append("unrevised")
+        extra = {k: v for k, v in item.items() if k not in ("id", "messages")}
+        completion = [{"role": "assistant", "content": final}]
+        records.append({
+            "id": item["id"], **extra,
+            "prompt": item["messages"], "completion": completion,
+            "messages": item["messages"] + completion,
+            "initial_response": answer.text, "rounds": item_rounds, "flags": item_flags,
+        })
+    return records
+
+
+def quality(records: list[dict]) -> dict:
+    """How capable the critic was: declines on red-team prompts, helpful answers kept helpful,
+    answers changed, records flagged (other than for running out of tokens), revisions never
+    accepted; shares with 95% Wilson intervals."""
+    def share(hits, n):
+        if n == 0:
+            return {"share": None, "ci95": None, "n": 0}
+        p, lo, hi = proportion_ci(hits, n)
+        return {"share": round(p, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": n}
+
+    final = lambda r: r["completion"][-1]["content"]  # noqa: E731
+    red = [r for r in records if r.get("set") == "red_team"]
+    helpful = [r for r in records if r.get("set") == "helpful"]
+    return {
+        "red_team_initial_declines": share(sum(is_refusal(r["initial_response"]) for r in red), len(red)),
+        "red_team_revision_declines": share(sum(is_refusal(final(r)) for r in red), len(red)),
+        "helpful_revisions_stay_helpful": share(
+            sum(not is_refusal(final(r)) and "unrevised" not in r["flags"] for r in helpful),
+            len(helpful)),
+        "changed": share(sum(final(r) != r["initial_response"] for r in records), len(records)),
+        "flagged": share(sum(any(not f.endswith("_truncated") for f in r["flags"])
+                             for r in records), len(records)),
+        "truncated": share(sum(any(f.endswith("_truncated") for f in r["flags"])
+                               for r in records), len(records)),
+        "unrevised": share(sum("unrevised" in r["flags"] for r in records), len(records)),
+    }
+
+
+def run_critique(constitution: str | Path, prompts: str | Path | list, out: str | Path,
+                 model: str | None = None, critic_model: str | None = None,
+                 profile: str | None = None, rounds: int | None = None, limit: int | None = None,
+                 batch_size: int | None = None, max_new_tokens: int | None = None,
+                 seed: int = 0, models: dict | None = None) -> str:
+    """Files to files: the CLI's and the pipeline's stage 1. Resumes an interrupted run.
+
+    ``models`` may map model names to already loaded ``(model, tokenizer)`` pairs (notebooks).
+    Returns a one-line summary.
+    """
+    from . import constitution as cons
+    from .generation import HFGenerator
+    from .models import load_model
+    from .profiles import get_profile
+
+    prof = get_profile(profile)
+    const = cons.load(constitution)
+    prompt_files = [Path(p) for p in (prompts if isinstance(prompts, (list, tuple)) else [prompts])]
+    items = [item for path in prompt_files for item in load_prompts(path, limit)]
+    out = Path(out)
+    model = model or prof.policy_model
+    if critic_model is None:  # the profile's critic goes with the profile's policy
+        critic_model = prof.model_for("critic") if model == prof.policy_model else model
+    settings = CritiqueSettings(
+        rounds=rounds if rounds is not None else prof.rounds, few_shot=prof.few_shot,
+        max_new_tokens=max_new_tokens or prof.max_new_tokens,
+        critique_max_new_tokens=prof.critique_max_new_tokens,
+        answer_temperature=prof.answer_temperature, top_p=prof.top_p,
+        round_temperatures=prof.round_temperatures, seed=seed)
+    provenance = json.loads(json.dumps({"constitution": const.ref, "model": model,
+                                        "critic_model": critic_model, "generation": asdict(settings)}))
+    _check_resume(out, provenance)
+
+    writer = JsonlAppender(out)
+    todo = [item for item in items if item["id"] not in writer.done_ids]
+    write_manifest(out, complete=False, profile=prof.name, **provenance,
+                   inputs={str(p): file_sha256(p) for p in prompt_files + [Path(constitution)]})
+    loaded = dict(models or {})
+    batch = batch_size or prof.batch_size
+    start = time.perf_counter()
+    if todo:
+        for name in {model, critic_model} - loaded.keys():
+            loaded[name] = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+        answerer = HFGenerator(*loaded[model], batch_size=batch)
+        critic = answerer if critic_model == model else HFGenerator(*loaded[critic_model], batch_size=batch)
+        with writer, tqdm(total=len(items), initial=len(items) - len(todo), desc="stage 1",
+                          unit="prompt") as bar:
+            for at in range(0, len(todo), batch):
+                chunk = critique_revise(todo[at:at + batch], const, answerer, critic, settings)
+                writer.write({**r, **provenance} for r in chunk)
+                bar.update(len(chunk))
+    records = read_jsonl(out)
+    wanted = {item["id"] for item in items}
+    done = [r for r in records if r["id"] in wanted]
+    stats = quality(done)
+    write_manifest(out, complete=len(done) == len(items), profile=prof.name, **provenance,
+                   inputs={str(p): file_sha256(p) for p in prompt_files + [Path(constitution)]},
+                   counts={"records": len(records), "requested": len(items),
+                           "written_this_run": len(todo)},
+                   seconds=round(time.perf_counter() - start, 1), quality=stats)
+    pct = lambda key: "n/a" if stats[key]["share"] is None else f"{stats[key]['share']:.0%}"  # noqa: E731
+    return (f"{out}: {len(done)}/{len(items)} records ({len(todo)} new); red-team declines "
+            f"{pct('red_team_initial_declines')} -> {pct('red_team_revision_declines')}, "
+            f"helpful kept helpful {pct('helpful_revisions_stay_helpful')}, "
+            f"changed {pct('changed')}, flagged {pct('flagged')}")
+
+
+def _check_resume(out: Path, provenance: dict) -> None:
+    """Refuse to append to a file made with another constitution, model or settings."""
+    manifest = read_manifest(out)
+    if not out.exists() or manifest is None:
+        return
+    for key in ("constitution", "model", "critic_model", "generation"):
+        if manifest.get(key) != provenance[key]:
+            raise DataError(f"{out}: was made with a different {key} "
+                            f"({manifest.get(key)!r}); use a new --out or delete the file")

@@ -1,0 +1,80 @@
+import json
+import warnings
+
+import pytest
+
+from cai_utils.data import DataError, JsonlAppender, load_prompts, read_jsonl, project_root
+
+ROOT = project_root()
+PROMPTS = ROOT / "data" / "prompts"
+SETS = {"red_team": 200, "helpful": 100, "borderline": 50}
+
+
+@pytest.mark.parametrize("name,at_least", SETS.items())
+def test_prompt_sets_are_big_enough_and_split_without_overlap(name, at_least):
+    train = load_prompts(PROMPTS / f"{name}_train.jsonl")
+    test = load_prompts(PROMPTS / f"{name}_test.jsonl")
+    assert len(train) + len(test) >= at_least
+    assert len(test) >= 0.15 * (len(train) + len(test))
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+    text = lambda r: json.dumps(r["messages"], sort_keys=True)  # noqa: E731
+    assert not {text(r) for r in train} & {text(r) for r in test}
+    assert {r["set"] for r in train + test} == {name}
+
+
+def test_red_team_covers_the_five_categories_and_tactics():
+    rows = load_prompts(PROMPTS / "red_team_train.jsonl") + load_prompts(PROMPTS / "red_team_test.jsonl")
+    by_category = {c: sum(r["category"] == c for r in rows)
+                   for c in ("weapons", "manipulation", "privacy", "illegal", "self-harm")}
+    assert all(n >= 30 for n in by_category.values()), by_category
+    tactics = {r["tactic"] for r in rows}
+    assert tactics == {"direct", "reframing", "persistence", "multi-turn"}
+    multi = [r for r in rows if r["tactic"] == "multi-turn"]
+    assert all(len(r["messages"]) >= 3 and r["messages"][-1]["role"] == "user" for r in multi)
+
+
+def test_prompt_without_id_gets_a_content_hash(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hi"}\n{"messages": [{"role": "user", "content": "yo"}]}\n')
+    rows = load_prompts(path)
+    assert rows[0]["id"].startswith("p-") and rows[0]["id"] != rows[1]["id"]
+    assert rows[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert load_prompts(path)[0]["id"] == rows[0]["id"]  # stable
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n{"id": "c", "prompt": "y"}\n',
+     ":2: not valid JSON"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', ":2: duplicate id 'a' (first on line 1)"),
+    ('{"id": "a"}\n', ":1: needs a non-empty string 'prompt' or a 'messages' list"),
+    ('[1, 2]\n', ":1: expected a JSON object, got list"),
+    ('{"id": "a", "messages": [{"role": "bot", "content": "x"}]}\n', ":1: messages[0].role must be"),
+    ('{"id": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
+     ":1: the last message must be from the user"),
+    ("\n\n", ": no prompts in the file"),
+])
+def test_malformed_prompt_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    assert str(info.value).startswith(f"{path}{message}")
+
+
+def test_missing_prompt_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_appender_repairs_a_partial_last_line_and_resumes(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "tex')  # a crash mid-line
+    with pytest.warns(UserWarning, match="partial last line"):
+        writer = JsonlAppender(path)
+    assert writer.done_ids == {"a", "b"}
+    with writer:
+        writer.write([{"id": "c"}])
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert JsonlAppender(path).done_ids == {"a", "b", "c"}  # nothing to repair now
