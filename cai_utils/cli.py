@@ -83,6 +83,39 @@ def cmd_critique(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from .preferences import run_label
+
+    print(run_label(
+        constitution=args.constitution, prompts=args.prompts, out=args.out, model=args.model,
+        judge_model=args.judge_model, mode=args.mode, candidates=args.candidates,
+        profile=args.profile, limit=args.limit, batch_size=args.batch_size, seed=args.seed))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from . import constitution as cons
+    from .data import project_root
+    from .models import load_model
+    from .preferences import LogProbJudge, calibrate, load_calibration
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    const = cons.load(args.constitution)
+    rows = load_calibration(args.pairs or project_root() / "data/calibration/pairs.jsonl", const)
+    name = args.judge_model or profile.model_for("judge")
+    model, tokenizer = load_model(name, load_in_4bit=profile.load_in_4bit, dtype=profile.dtype)
+    result = calibrate(LogProbJudge(model, tokenizer, batch_size=profile.batch_size), const, rows)
+    print(f"judge {name} on {len(rows)} hand-labelled pairs ({const.name} {const.version}):")
+    for kind in [k for k in result if k not in ("verdicts", "bias_towards_A")]:
+        r = result[kind]
+        print(f"  {kind:<7} agreement {r['agreement']:.1%} (95% CI {r['ci95'][0]:.1%}-"
+              f"{r['ci95'][1]:.1%}, n={r['n']}), flips with the order {r['flip_rate']:.1%}, "
+              f"mean margin {r['mean_margin']:.3f}")
+    print(f"  mean P(A) whatever the content: {result['bias_towards_A']:.2f} (0.50 is unbiased)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cai_utils",
@@ -129,6 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_critique)
+
+    p = sub.add_parser("label", help="stage 2: RLAIF preference pairs from a log-prob judge")
+    p.add_argument("--constitution", required=True)
+    p.add_argument("--prompts", required=True, metavar="FILE",
+                   help="stage-1 records (candidates=revision) or a prompt file (samples)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", help="policy that samples candidates (default: the profile's)")
+    p.add_argument("--judge-model", help="the judge (default: the profile's)")
+    p.add_argument("--mode", choices=["sampled", "all"], help="one sampled principle per pair, "
+                                                              "or every principle")
+    p.add_argument("--candidates", choices=["revision", "samples"],
+                   help="first answer vs revision, or two samples (default: the profile's)")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
+    p.add_argument("--constitution", required=True)
+    p.add_argument("--judge-model")
+    p.add_argument("--pairs", help="default: data/calibration/pairs.jsonl")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

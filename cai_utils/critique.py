@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from . import prompts as P
 from .constitution import Constitution
-from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl, read_manifest, write_manifest
+from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts, read_jsonl,
+                   write_manifest)
 from .evaluation import is_refusal, proportion_ci
 from .generation import Generator, SamplingParams
 
@@ -104,6 +105,9 @@ class CritiqueSettings:
     top_p: float = 0.92
     round_temperatures: tuple[float, float] = (0.0, 0.0)
     seed: int = 0
+    # "critique-revise": critique, then revise given the critique (the paper);
+    # "direct": revise against the principle without a written critique.
+    prompt_format: str = "critique-revise"
 
 
 def critique_revise(items: list[dict], constitution: Constitution, answerer: Generator,
@@ -120,22 +124,27 @@ def critique_revise(items: list[dict], constitution: Constitution, answerer: Gen
     for r in range(s.rounds):
         temp = round_temperature(r, s.rounds, s.round_temperatures)
         principles = [constitution.sample_principle(f"{k}:{r}", s.seed) for k in keys]
-        crit_in = [P.critique_messages(constitution, p, c, cur, s.few_shot)
-                   for p, c, cur in zip(principles, convs, current)]
-        crit_params = SamplingParams(s.critique_max_new_tokens, temp, s.top_p, seed=s.seed + r + 1)
-        critiques = critic.chat(crit_in, crit_params, [f"{k}:c{r}" for k in keys],
-                                desc=f"critiques {r + 1}/{s.rounds}")
-        rev_in = [P.revision_messages(constitution, p, c, cur, cr.text, s.few_shot)
+        if s.prompt_format == "direct":
+            critiques = [None] * len(items)
+        else:
+            crit_in = [P.critique_messages(constitution, p, c, cur, s.few_shot)
+                       for p, c, cur in zip(principles, convs, current)]
+            crit_params = SamplingParams(s.critique_max_new_tokens, temp, s.top_p,
+                                         seed=s.seed + r + 1)
+            critiques = critic.chat(crit_in, crit_params, [f"{k}:c{r}" for k in keys],
+                                    desc=f"critiques {r + 1}/{s.rounds}")
+        rev_in = [P.revision_messages(constitution, p, c, cur, cr and cr.text, s.few_shot)
                   for p, c, cur, cr in zip(principles, convs, current, critiques)]
         rev_params = SamplingParams(s.max_new_tokens, temp, s.top_p, seed=s.seed + r + 101)
         revisions = critic.chat(rev_in, rev_params, [f"{k}:r{r}" for k in keys],
                                 desc=f"revisions {r + 1}/{s.rounds}")
         for i, (p, cr, rv) in enumerate(zip(principles, critiques, revisions)):
             revision = clean_revision(rv.text)
-            round_flags = (flag_text(cr.text, current[i], cr.finished, "critique")
-                           + flag_text(revision, current[i], rv.finished, "revision"))
+            round_flags = ([] if cr is None else flag_text(cr.text, current[i], cr.finished, "critique"))
+            round_flags += flag_text(revision, current[i], rv.finished, "revision")
             accepted = not any(f in REJECTING for f in round_flags)
-            rounds[i].append({"principle_id": p.id, "temperature": temp, "critique": cr.text,
+            rounds[i].append({"principle_id": p.id, "temperature": temp,
+                              "critique": None if cr is None else cr.text,
                               "revision": revision, "raw_revision": rv.text,
                               "accepted": accepted, "flags": round_flags})
             flags[i] += [f for f in round_flags if f not in flags[i]]
@@ -186,12 +195,14 @@ def quality(records: list[dict]) -> dict:
 
 def run_critique(constitution: str | Path, prompts: str | Path | list, out: str | Path,
                  model: str | None = None, critic_model: str | None = None,
-                 profile: str | None = None, rounds: int | None = None, limit: int | None = None,
+                 profile: str | None = None, rounds: int | None = None,
+                 limit: int | list[int] | None = None,
                  batch_size: int | None = None, max_new_tokens: int | None = None,
                  seed: int = 0, models: dict | None = None) -> str:
     """Files to files: the CLI's and the pipeline's stage 1. Resumes an interrupted run.
 
-    ``models`` may map model names to already loaded ``(model, tokenizer)`` pairs (notebooks).
+    ``limit`` caps the prompts taken from each file (one number, or one per file). ``models``
+    may map model names to already loaded ``(model, tokenizer)`` pairs (notebooks).
     Returns a one-line summary.
     """
     from . import constitution as cons
@@ -202,7 +213,10 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
     prof = get_profile(profile)
     const = cons.load(constitution)
     prompt_files = [Path(p) for p in (prompts if isinstance(prompts, (list, tuple)) else [prompts])]
-    items = [item for path in prompt_files for item in load_prompts(path, limit)]
+    limits = limit if isinstance(limit, (list, tuple)) else [limit] * len(prompt_files)
+    if len(limits) != len(prompt_files):
+        raise DataError(f"{len(limits)} limits for {len(prompt_files)} prompt files")
+    items = [item for path, n in zip(prompt_files, limits) for item in load_prompts(path, n)]
     out = Path(out)
     model = model or prof.policy_model
     if critic_model is None:  # the profile's critic goes with the profile's policy
@@ -212,10 +226,10 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
         max_new_tokens=max_new_tokens or prof.max_new_tokens,
         critique_max_new_tokens=prof.critique_max_new_tokens,
         answer_temperature=prof.answer_temperature, top_p=prof.top_p,
-        round_temperatures=prof.round_temperatures, seed=seed)
+        round_temperatures=prof.round_temperatures, seed=seed, prompt_format=prof.prompt_format)
     provenance = json.loads(json.dumps({"constitution": const.ref, "model": model,
                                         "critic_model": critic_model, "generation": asdict(settings)}))
-    _check_resume(out, provenance)
+    check_resume(out, provenance)
 
     writer = JsonlAppender(out)
     todo = [item for item in items if item["id"] not in writer.done_ids]
@@ -249,14 +263,3 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
             f"{pct('red_team_initial_declines')} -> {pct('red_team_revision_declines')}, "
             f"helpful kept helpful {pct('helpful_revisions_stay_helpful')}, "
             f"changed {pct('changed')}, flagged {pct('flagged')}")
-
-
-def _check_resume(out: Path, provenance: dict) -> None:
-    """Refuse to append to a file made with another constitution, model or settings."""
-    manifest = read_manifest(out)
-    if not out.exists() or manifest is None:
-        return
-    for key in ("constitution", "model", "critic_model", "generation"):
-        if manifest.get(key) != provenance[key]:
-            raise DataError(f"{out}: was made with a different {key} "
-                            f"({manifest.get(key)!r}); use a new --out or delete the file")

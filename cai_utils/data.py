@@ -213,6 +213,18 @@ def read_manifest(data_path: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def check_resume(out: Path, provenance: dict) -> None:
+    """Refuse to append to a file whose manifest records other provenance (constitution,
+    models, settings): one line saying which, and what to do."""
+    manifest = read_manifest(out)
+    if not Path(out).exists() or manifest is None:
+        return
+    for key, value in provenance.items():
+        if manifest.get(key) != value:
+            raise DataError(f"{out}: was made with a different {key} "
+                            f"({manifest.get(key)!r}); use a new --out or delete the file")
+
+
 def _check_messages(messages, where: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list")

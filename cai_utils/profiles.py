@@ -43,12 +43,14 @@ class Profile:
     # value (the paper: 0.9 down to 0.4). 0 means greedy.
     round_temperatures: tuple[float, float] = (0.0, 0.0)
     few_shot: int = 1  # worked examples in front of critique and revision prompts
+    prompt_format: str = "critique-revise"  # or "direct": revise without a written critique
 
     # Stage 2: RLAIF preferences.
     candidate_mode: str = "revision"  # "revision": initial vs revised answer; "samples": 2 samples
     judge_mode: str = "sampled"  # "sampled": one principle per pair; "all": every principle
     tie_threshold: float = 0.0  # |p_chosen - 0.5| below this is a tie
     candidate_temperature: float = 1.0
+    calibration_pairs: int | None = None  # hand-labelled pairs to check the judge on (None: all)
 
     # Stage 3: training.
     lora_r: int = 8
@@ -107,6 +109,7 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=32,
         critique_max_new_tokens=24,
         few_shot=1,
+        calibration_pairs=12,
         max_length=256,
         eval_prompts=4,
         lm_eval_limit=10,

@@ -28,10 +28,11 @@ def _critique_request(conversation, response, principle_text: str) -> str:
             f"{principle_text.strip()}\nAnswer in two or three sentences.")
 
 
-def _revision_request(conversation, response, critique, principle_text: str) -> str:
+def _revision_request(conversation, response, critique: str | None, principle_text: str) -> str:
+    review = (f"A reviewer's critique of the assistant's last reply: {critique.strip()}\n\n"
+              if critique is not None else "")
     return (f"Here is a conversation between a user and an AI assistant.\n\n"
-            f"{transcript(conversation, response)}\n\n"
-            f"A reviewer's critique of the assistant's last reply: {critique.strip()}\n\n"
+            f"{transcript(conversation, response)}\n\n{review}"
             f"{principle_text.strip()}\n"
             f"Write only the new reply to the user, with no introduction.")
 
@@ -53,15 +54,16 @@ def critique_messages(constitution: Constitution, principle: Principle, conversa
 
 
 def revision_messages(constitution: Constitution, principle: Principle, conversation: list[dict],
-                      response: str, critique: str, few_shot: int = 0) -> list[dict]:
-    """Chat messages asking for a revision of ``response`` given a critique."""
+                      response: str, critique: str | None, few_shot: int = 0) -> list[dict]:
+    """Chat messages asking for a revision of ``response`` given a critique (or, with
+    ``critique=None``, a direct rewrite against the principle)."""
     messages = []
     for ex in constitution.examples_for(principle.id, few_shot):
         ex_principle = constitution.principle(ex.principle)
         messages += [
             {"role": "user", "content": _revision_request(
-                [{"role": "user", "content": ex.prompt}], ex.response, ex.critique,
-                ex_principle.revision)},
+                [{"role": "user", "content": ex.prompt}], ex.response,
+                None if critique is None else ex.critique, ex_principle.revision)},
             {"role": "assistant", "content": ex.revision.strip()},
         ]
     messages.append({"role": "user", "content": _revision_request(

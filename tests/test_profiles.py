@@ -16,7 +16,7 @@ def test_every_profile_is_complete(name):
     profile = PROFILES[name]
     assert profile.name == name
     for field in dataclasses.fields(profile):
-        if field.name not in ("critic_model", "judge_model", "lm_eval_limit"):
+        if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs"):
             assert getattr(profile, field.name) is not None, field.name
     assert profile.candidate_mode in ("revision", "samples")
     assert profile.judge_mode in ("sampled", "all")
