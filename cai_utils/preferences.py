@@ -62,7 +62,8 @@ class LogProbJudge:
                 enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt",
                                      padding=True, add_special_tokens=False).to(device)
                 with torch.inference_mode():
-                    logits = self.model(**enc).logits[:, -1, :].float()
+                    # only the last position: full-vocabulary logits everywhere cost more than the model
+                    logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
                 pair = torch.log_softmax(logits[:, list(self.ids)], dim=-1).exp()
                 for i, p in zip(batch, pair[:, 0].tolist()):
                     probs[i] = p

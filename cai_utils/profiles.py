@@ -126,6 +126,7 @@ PROFILES: dict[str, Profile] = {
         max_new_tokens=96,
         critique_max_new_tokens=64,
         round_temperatures=(0.0, 0.0),
+        few_shot=3,  # measured best of five formats here: benchmarks/results/revision_formats.txt
         sft_steps=20,
         dpo_steps=10,
         reward_steps=20,

@@ -20,3 +20,20 @@ def root():
     from cai_utils.data import project_root
 
     return project_root()
+
+
+@pytest.fixture
+def trains():
+    """``trains(trainer, model)``: run the trainer and assert trainable weights changed."""
+
+    def run(trainer, model, steps=None):
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        trainer.train()
+        if steps is not None:
+            assert trainer.state.global_step == steps
+        changed = [n for n, p in model.named_parameters() if n in before
+                   and not (p.detach() == before[n]).all()]
+        assert changed, "no trainable parameter changed"
+        return changed
+
+    return run
