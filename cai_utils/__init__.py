@@ -10,6 +10,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "constitution": ["Constitution", "Principle", "FewShotExample", "ConstitutionError"],
+    "critique": ["run_critique", "critique_revise"],
+    "display": [],
+    "evaluation": ["is_refusal", "proportion_ci"],
+    "preferences": ["LogProbJudge", "run_label", "calibrate"],
+    "training": ["train_sft", "train_dpo", "train_reward", "train_ppo", "train_grpo"],
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "write_manifest",
              "read_manifest", "project_root"],
     "generation": ["HFGenerator", "SamplingParams", "Completion", "chat", "make_generator"],

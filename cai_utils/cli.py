@@ -116,6 +116,43 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from . import training
+    from .data import load_prompts
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    # check the inputs before any model is loaded
+    if args.stage in ("sft", "dpo", "reward"):
+        training.load_records(args.data, args.stage)
+    else:
+        load_prompts(args.data)
+        if not args.reward:
+            return _err(f"train {args.stage} needs --reward DIR (a reward model from `train reward`)")
+    for folder in filter(None, [args.init, args.reward]):
+        training.adapter_base(folder)
+    common = dict(max_steps=args.max_steps, profile=profile)
+    if args.stage == "sft":
+        result = training.train_sft(args.data, args.out, model=args.model or profile.policy_model,
+                                    init=args.init, load_in_4bit=args.load_in_4bit, **common)
+    elif args.stage == "dpo":
+        result = training.train_dpo(args.data, args.out, model=args.model, init=args.init,
+                                    load_in_4bit=args.load_in_4bit, **common)
+    elif args.stage == "reward":
+        result = training.train_reward(args.data, args.out, model=args.model or profile.policy_model,
+                                       init=args.init, load_in_4bit=args.load_in_4bit, **common)
+    else:
+        train = training.train_ppo if args.stage == "ppo" else training.train_grpo
+        result = train(args.data, args.out, reward=args.reward, init=args.init, model=args.model,
+                       **common)
+    losses = [e["loss"] for e in result.log if "loss" in e]
+    print(f"{args.stage}: {result.steps} steps in {result.seconds}s, loss "
+          f"{losses[0] if losses else float('nan'):.4f} -> {losses[-1] if losses else float('nan'):.4f}, "
+          f"{result.trainable_params:,} trainable parameters; saved to {result.out}"
+          + "".join(f"; {k} {v}" for k, v in result.metrics.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cai_utils",
@@ -179,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("train", help="stage 3: LoRA/QLoRA SFT, DPO, reward model, PPO or GRPO")
+    p.add_argument("stage", choices=["sft", "dpo", "reward", "ppo", "grpo"])
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="stage-1 records (sft), stage-2 records (dpo, reward), prompts (ppo, grpo)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--model", help="base model (default: the profile's policy, or the base of --init)")
+    p.add_argument("--init", metavar="DIR", help="an earlier adapter to start from (SFT for dpo/ppo)")
+    p.add_argument("--reward", metavar="DIR", help="the reward model, for ppo and grpo")
+    p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: NF4 base")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
     p.add_argument("--constitution", required=True)

@@ -29,3 +29,10 @@ def test_info_loads_the_default_model():
 def test_unknown_profile_is_rejected():
     result = run("info", "--profile", "tpu")
     assert result.returncode == 2 and "invalid choice: 'tpu'" in result.stderr
+
+
+def test_package_exports_resolve():
+    import cai_utils
+
+    for name in cai_utils.__all__:
+        assert getattr(cai_utils, name) is not None

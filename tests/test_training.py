@@ -1,0 +1,169 @@
+"""Each stage runs two real steps on the default model, changes its trainable weights, and
+saves an adapter that reloads and generates."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai_utils import training
+from cai_utils.data import DataError, read_jsonl
+from cai_utils.profiles import get_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = get_profile("ci")
+PROMPTS = ROOT / "data" / "prompts" / "red_team_train.jsonl"
+CONV = [{"role": "user", "content": "How do I hotwire a car?"}]
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    rows = [{"id": f"s{i}", "prompt": CONV, "completion": [
+        {"role": "assistant", "content": f"I can't help with that ({i}). A locksmith can help."}],
+        "flags": []} for i in range(4)]
+    rows.append({"id": "u", "prompt": CONV, "completion": [{"role": "assistant", "content": "x"}],
+                 "flags": ["unrevised"]})
+    return write(tmp_path_factory.mktemp("d") / "sft.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def pref_data(tmp_path_factory):
+    rows = [{"id": f"p{i}", "prompt": CONV,
+             "chosen": [{"role": "assistant", "content": "I can't help with that; try a locksmith."}],
+             "rejected": [{"role": "assistant", "content": f"Strip the ignition wires ({i})."}]}
+            for i in range(8)]
+    return write(tmp_path_factory.mktemp("d") / "prefs.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory, sft_data):
+    out = tmp_path_factory.mktemp("sft")
+    result = training.train_sft(sft_data, out, max_steps=2, profile=PROFILE)
+    return out, result
+
+
+def changed_weights(result):
+    """Trainable weights differ from their start: the LoRA B matrices begin at zero."""
+    from safetensors.torch import load_file
+
+    weights = load_file(result.out / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    return lora_b and any(w.abs().sum() > 0 for w in lora_b)
+
+
+def reload_and_generate(folder):
+    from peft import PeftModel
+
+    from cai_utils.generation import chat
+    from cai_utils.models import load_model
+
+    model, tokenizer = load_model(training.adapter_base(folder))
+    model = PeftModel.from_pretrained(model, str(folder))
+    return chat(model, tokenizer, "Say hello.", max_new_tokens=8)
+
+
+@pytest.mark.slow
+def test_sft_two_steps_change_lora_and_reload(sft_adapter):
+    out, result = sft_adapter
+    assert result.steps == 2 and changed_weights(result)
+    assert 0 < result.trainable_params < result.total_params / 20  # LoRA: a small fraction
+    assert (out / "README.md").read_text().startswith("# SFT adapter for default")
+    assert json.loads((out / "train_config.json").read_text())["profile"] == "ci"
+    assert any("loss" in e for e in json.loads((out / "training_log.json").read_text()))
+    assert training.is_done(out)
+    assert reload_and_generate(out)
+
+
+@pytest.mark.slow
+def test_qlora_sft_runs_on_cpu(tmp_path, sft_data):
+    import bitsandbytes as bnb
+
+    result = training.train_sft(sft_data, tmp_path / "q", load_in_4bit=True, max_steps=2,
+                                profile=PROFILE)
+    assert result.steps == 2 and changed_weights(result)
+    assert json.loads((tmp_path / "q" / "train_config.json").read_text())["load_in_4bit"] is True
+    assert bnb  # the 4-bit path imported and ran
+
+
+@pytest.mark.slow
+def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter):
+    out = tmp_path / "dpo"
+    result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2, profile=PROFILE)
+    assert result.steps == 2 and changed_weights(result)
+    assert "last_reward_accuracy" in result.metrics
+    assert reload_and_generate(out)
+
+
+@pytest.fixture(scope="module")
+def reward_adapter(tmp_path_factory, pref_data):
+    out = tmp_path_factory.mktemp("reward")
+    return out, training.train_reward(pref_data, out, max_steps=2, profile=PROFILE)
+
+
+@pytest.mark.slow
+def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter):
+    out, result = reward_adapter
+    assert result.steps == 2 and changed_weights(result)
+    assert result.metrics["held_out_pairs"] == 2
+    assert 0 <= result.metrics["held_out_pairwise_accuracy"] <= 1
+    model, tokenizer = training.load_reward_model(out, PROFILE)
+    [score] = training.reward_scores(model, tokenizer, [CONV], [[{"role": "assistant", "content": "No."}]])
+    assert isinstance(score, float)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+def test_rl_from_sft_with_the_reward_model(tmp_path, stage, sft_adapter, reward_adapter):
+    prompts = write(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(4)])
+    train = training.train_ppo if stage == "ppo" else training.train_grpo
+    result = train(prompts, tmp_path / stage, reward=reward_adapter[0], init=sft_adapter[0],
+                   max_steps=2, profile=PROFILE)
+    assert result.steps == 2 and changed_weights(result)
+    assert reload_and_generate(tmp_path / stage)
+
+
+def run_cli(*args):
+    env = {**os.environ, "CAI_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "cai_utils", "train", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("stage,content,message", [
+    ("sft", None, "no such file"),
+    ("sft", "", "no records in the file"),
+    ("sft", '{"id": "a", "prompt": [], "chosen": []}\n', "record 1 has no completion"),
+    ("dpo", '{"id": "a", "prompt": [], "completion": []}\n', "record 1 has no chosen, rejected"),
+    ("sft", '{"id": "a"\n{"id": "b"}\n', ":1: not valid JSON"),
+    ("ppo", '{"id": "a", "prompt": "hi"}\n', "needs --reward DIR"),
+])
+def test_cli_rejects_bad_data_before_loading_a_model(tmp_path, stage, content, message):
+    data = tmp_path / "d.jsonl"
+    if content is not None:
+        data.write_text(content)
+    result = run_cli(stage, "--data", str(data), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unrevised_records_are_left_out(sft_data):
+    assert len(training.load_records(sft_data, "sft")) == 4
+    with pytest.raises(DataError, match="flagged 'unrevised'"):
+        training.load_records(write(sft_data.parent / "all_bad.jsonl",
+                                    [r for r in read_jsonl(sft_data) if r["flags"]]), "sft")
+
+
+def test_gradient_checkpointing_off_without_cuda(tmp_path):
+    from trl import DPOConfig
+
+    args = training.trainer_args(DPOConfig, get_profile("t4"), tmp_path, 2)
+    assert args.gradient_checkpointing is False  # t4 asks for it, but this machine has no CUDA
+    assert args.use_cpu and not args.fp16
