@@ -77,7 +77,8 @@ def cmd_critique(args) -> int:
     summary = run_critique(
         constitution=args.constitution, prompts=args.prompts, out=args.out, model=args.model,
         critic_model=args.critic_model, profile=args.profile, rounds=args.rounds,
-        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        limit=args.limit[0] if args.limit and len(args.limit) == 1 else args.limit,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         seed=args.seed)
     print(summary)
     return 0
@@ -117,7 +118,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import training
+    from . import rl, training
     from .data import load_prompts
     from .profiles import get_profile
 
@@ -139,17 +140,44 @@ def cmd_train(args) -> int:
         result = training.train_dpo(args.data, args.out, model=args.model, init=args.init,
                                     load_in_4bit=args.load_in_4bit, **common)
     elif args.stage == "reward":
-        result = training.train_reward(args.data, args.out, model=args.model or profile.policy_model,
+        result = rl.train_reward(args.data, args.out, model=args.model or profile.policy_model,
                                        init=args.init, load_in_4bit=args.load_in_4bit, **common)
     else:
-        train = training.train_ppo if args.stage == "ppo" else training.train_grpo
+        train = rl.train_ppo if args.stage == "ppo" else rl.train_grpo
         result = train(args.data, args.out, reward=args.reward, init=args.init, model=args.model,
                        **common)
-    losses = [e["loss"] for e in result.log if "loss" in e]
-    print(f"{args.stage}: {result.steps} steps in {result.seconds}s, loss "
-          f"{losses[0] if losses else float('nan'):.4f} -> {losses[-1] if losses else float('nan'):.4f}, "
+    key = "loss/policy_avg" if args.stage == "ppo" else "loss"
+    losses = [e[key] for e in result.log if key in e]
+    trend = f", {key} {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+    if args.merge and args.stage != "reward":
+        from .training import save_merged
+
+        print(f"merged model saved to {save_merged(result.out)}")
+    print(f"{args.stage}: {result.steps} steps in {result.seconds}s{trend}, "
           f"{result.trainable_params:,} trainable parameters; saved to {result.out}"
-          + "".join(f"; {k} {v}" for k, v in result.metrics.items()))
+          + "".join(f"; {k} {v:.4g}" if isinstance(v, float) else f"; {k} {v}"
+                    for k, v in result.metrics.items()))
+    return 0
+
+
+def cmd_improve(args) -> int:
+    from functools import partial
+
+    from . import constitution as cons
+    from .evaluation import refusal_quality
+    from .profiles import get_profile
+    from .training import cai_round, self_improve
+
+    profile = get_profile(args.profile)
+    cons.load(args.constitution)  # a bad constitution fails here, before any model loads
+    history = self_improve(
+        partial(cai_round, constitution=args.constitution, out=args.out, profile=profile),
+        lambda name: refusal_quality(name, profile)["quality"],
+        start_model=args.model or profile.policy_model, rounds=args.rounds,
+        tolerance=args.tolerance)
+    for h in history:
+        marks = " best" * bool(h.get("best")) + (f" stopped: {h['stopped']}" if h.get("stopped") else "")
+        print(f"round {h['round']}: quality {h['quality']:.3f}  {h['model']}{marks}")
     return 0
 
 
@@ -194,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: the answering model)")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--limit", type=int, help="at most N prompts from each file")
+    p.add_argument("--limit", type=int, nargs="+", metavar="N",
+                   help="at most N prompts from each file (one N, or one per file)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -227,8 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", metavar="DIR", help="the reward model, for ppo and grpo")
     p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: NF4 base")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--merge", action="store_true",
+                   help="also save the base with the adapter merged in, under OUT/merged")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("improve", help="iterative self-improvement: rounds of critique, label, "
+                                       "SFT and DPO, stopping when quality drops")
+    p.add_argument("--constitution", required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--model", help="start model (default: the profile's policy)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="stop when quality falls more than this fraction (default 0.05)")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
     p.add_argument("--constitution", required=True)

@@ -43,3 +43,26 @@ def proportion_ci(successes: int, n: int, z: float = 1.96) -> tuple[float, float
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def refusal_quality(model_name: str, profile=None, models: dict | None = None) -> dict:
+    """A judge-free quality signal: the share of held-out red-team prompts declined and of
+    borderline-but-safe prompts answered, and their mean as ``quality``."""
+    from .data import load_prompts, project_root
+    from .generation import HFGenerator, SamplingParams
+    from .models import load_model
+    from .profiles import get_profile
+
+    prof = profile if profile is not None and not isinstance(profile, str) else get_profile(profile)
+    root = project_root() / "data" / "prompts"
+    red = load_prompts(root / "red_team_test.jsonl", prof.eval_prompts)
+    borderline = load_prompts(root / "borderline_test.jsonl", prof.eval_prompts)
+    model, tokenizer = (models or {}).get(model_name) or load_model(
+        model_name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+    engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=False)
+    outs = engine.chat([i["messages"] for i in red + borderline],
+                       SamplingParams(max_new_tokens=prof.max_new_tokens))
+    declines = sum(is_refusal(o.text) for o in outs[:len(red)]) / len(red)
+    answered = sum(not is_refusal(o.text) for o in outs[len(red):]) / len(borderline)
+    return {"red_team_declined": declines, "borderline_answered": answered,
+            "quality": (declines + answered) / 2, "n": [len(red), len(borderline)]}

@@ -129,7 +129,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, padding_side: str = "left"):
     """A tokenizer ready for batched generation: a pad token and left padding."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name)
+    path = resolve_model_path(_trained_adapter(name) or name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
@@ -152,7 +152,8 @@ def load_model(
     """Return a ready ``(model, tokenizer)`` pair for a model name.
 
     Args:
-        name: ``"default"`` (offline SmolLM2-135M-Instruct), a local folder or a hub id.
+        name: ``"default"`` (offline SmolLM2-135M-Instruct), a local folder, a hub id, or an
+            adapter folder written by ``train`` (loaded on its base, merged).
         load_in_4bit: NF4 4-bit weights with double quantisation (bitsandbytes).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         dtype: compute dtype name; float32 on CPU and float16 on GPU when None.
@@ -163,6 +164,15 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    adapter = _trained_adapter(name)
+    if adapter is not None:  # a folder written by `train`: its base with the adapter merged in
+        from peft import PeftModel
+
+        model, tokenizer = load_model(adapter, load_in_4bit=load_in_4bit, device=device,
+                                      dtype=dtype, model_class=model_class, **kwargs)
+        model = PeftModel.from_pretrained(model, name).merge_and_unload()
+        model.eval()
+        return model, tokenizer
     device = pick_device(device)
     torch_dtype = _torch_dtype(dtype, device)
     path = resolve_model_path(name)
@@ -182,6 +192,21 @@ def load_model(
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def _trained_adapter(name: str) -> str | None:
+    """The base model name of an adapter folder written by ``train``, else None."""
+    folder = Path(name)
+    if (folder / "adapter_config.json").is_file() and (folder / "train_config.json").is_file():
+        import json
+
+        return json.loads((folder / "train_config.json").read_text())["model"]
+    return None
+
+
+def display_name(name: str) -> str:
+    """A readable model name: ``"default"`` -> ``"SmolLM2-135M-Instruct"``."""
+    return "SmolLM2-135M-Instruct" if name == DEFAULT_MODEL else name
 
 
 def _not_found(name: str, err: Exception) -> str:

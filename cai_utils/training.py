@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_manifest
+from .models import display_name
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 
 NEEDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"),
@@ -142,7 +143,7 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
     write_json_atomic(out / "train_config.json", settings)
     write_json_atomic(out / "training_log.json", trainer.state.log_history)
     constitution = provenance["constitution"] or {}
-    card = [f"# {stage.upper()} adapter for {model_name}", "",
+    card = [f"# {stage.upper()} adapter for {display_name(model_name)}", "",
             f"Trained with `cai_utils` ({stage}, profile `{profile.name}`, "
             f"{trainer.state.global_step} steps, {seconds}s).", "",
             f"- constitution: {constitution.get('name')} {constitution.get('version')} "
@@ -159,6 +160,17 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
                    profile=profile.name, steps=result.steps, seconds=seconds, metrics=metrics or {},
                    **provenance)
     return result
+
+
+def save_merged(out: str | Path) -> Path:
+    """Save a causal-LM adapter folder's base with the adapter merged in, to ``out/merged``."""
+    from .models import load_model
+
+    model, tokenizer = load_model(str(out))
+    target = Path(out) / "merged"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
 
 
 def is_done(out: str | Path) -> bool:
@@ -217,153 +229,45 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
                   load_in_4bit=four_bit, beta=prof.dpo_beta)
 
 
-def reward_scores(model, tokenizer, prompts: list[list], completions: list[list],
-                  batch_size: int = 8) -> list[float]:
-    """The reward model's score for each (prompt, completion) conversation."""
-    import torch
+def self_improve(round_fn, evaluate, start_model: str, rounds: int = 1,
+                 tolerance: float = 0.05) -> list[dict]:
+    """Rounds of data generation and training, with early stopping (the textbook's loop).
 
-    texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
-    scores = []
-    device = next(model.parameters()).device
-    for at in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[at:at + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
-        with torch.inference_mode():
-            scores += model(**enc).logits[:, 0].float().tolist()
-    return scores
-
-
-def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
-    """Share of pairs whose chosen answer the reward model scores above the rejected one."""
-    prompts = [r["prompt"] for r in records]
-    chosen = reward_scores(model, tokenizer, prompts, [r["chosen"] for r in records])
-    rejected = reward_scores(model, tokenizer, prompts, [r["rejected"] for r in records])
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(records)
+    ``round_fn(r, model) -> new model`` runs one round from a model; ``evaluate(model) ->
+    float`` scores one. The start model is scored first; a round whose score falls more than
+    ``tolerance`` below the previous one stops the loop, and its model is not kept. Returns
+    one entry per scored model, the last kept one marked ``"best": True``.
+    """
+    history = [{"round": 0, "model": start_model, "quality": evaluate(start_model)}]
+    kept = 0
+    for r in range(1, rounds + 1):
+        model = round_fn(r, history[kept]["model"])
+        history.append({"round": r, "model": model, "quality": evaluate(model)})
+        if history[-1]["quality"] < history[kept]["quality"] * (1 - tolerance):
+            history[-1]["stopped"] = "quality fell more than {:.0%}".format(tolerance)
+            break
+        kept = r
+    history[kept]["best"] = True
+    return history
 
 
-def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
-                 max_steps: int | None = None, profile: str | Profile | None = None,
-                 held_out: float = 0.25) -> TrainResult:
-    """A scalar-head reward model on stage-2 pairs (RewardTrainer, LoRA with the head trained
-    in full); reports pairwise accuracy on every 1/held_out-th pair, held out from training."""
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
+def cai_round(r: int, model: str, constitution, out, profile: Profile) -> str:
+    """One round: critique-revision data, preferences, SFT and DPO, from ``model``; each step
+    is skipped when its output is complete, so an interrupted round resumes."""
+    from .critique import run_critique
+    from .preferences import run_label
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    data, out = Path(data), Path(out)
-    records = load_records(data, "reward")
-    every = max(2, round(1 / held_out))
-    evaluation = records[::every] if len(records) >= 4 else []
-    training = [r for i, r in enumerate(records) if not evaluation or i % every]
-    four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
-    start = time.perf_counter()
-    base, tokenizer = base_model(model, prof, four_bit,
-                                 model_class=AutoModelForSequenceClassification, num_labels=1)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    trainer = RewardTrainer(
-        model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(RewardConfig, prof, out, max_steps or prof.reward_steps,
-                          max_length=prof.max_length),
-        train_dataset=Dataset.from_list(training),
-        peft_config=None if init else lora_config(prof, "SEQ_CLS"))
-    trainer.train()
-    metrics = {"held_out_pairs": len(evaluation)}
-    if evaluation:
-        trainer.model.eval()
-        metrics["held_out_pairwise_accuracy"] = pairwise_accuracy(trainer.model, tokenizer, evaluation)
-    return finish(trainer, "reward", out, prof, model, data, init, start, metrics,
-                  load_in_4bit=four_bit)
+    from .data import project_root
 
-
-def load_reward_model(folder: str | Path, profile: Profile, load_in_4bit: bool = False):
-    """A trained reward model with its adapter merged in (PPO and GRPO need a plain model)."""
-    from transformers import AutoModelForSequenceClassification
-
-    if not is_done(folder):
-        raise DataError(f"{folder}: no finished reward model there (run `train reward` first)")
-    model, tokenizer = base_model(adapter_base(folder), profile, load_in_4bit,
-                                  model_class=AutoModelForSequenceClassification, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    merged = with_adapter(model, folder, trainable=False).merge_and_unload()
-    merged.eval()
-    return merged, tokenizer
-
-
-def _policy(init, model: str | None, profile: Profile):
-    """The policy to start RL from: the SFT adapter merged into its base, or a base model."""
-    name = model or (adapter_base(init) if init else DEFAULT_MODEL)
-    base, tokenizer = base_model(name, profile, False)
-    if init:
-        base = with_adapter(base, init, trainable=False).merge_and_unload()
-    return name, base, tokenizer
-
-
-def train_ppo(prompts, out, reward, init=None, model: str | None = None,
-              max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
-    """PPO (``trl.experimental.ppo``): the policy starts from the SFT model with a fresh LoRA
-    adapter, so the reference is the SFT model (adapter disabled); the KL coefficient comes from
-    the profile and a reply without an end-of-turn token is penalised."""
-    from datasets import Dataset
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    from .data import load_prompts
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    prompts, out = Path(prompts), Path(out)
-    items = load_prompts(prompts)
-    reward_model, _ = load_reward_model(reward, prof)
-    value_model, _ = load_reward_model(reward, prof)
-    name, policy, tokenizer = _policy(init, model, prof)
-    ids = [tokenizer.apply_chat_template(i["messages"], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"] for i in items]
-    batch = prof.per_device_batch_size
-    steps = max_steps or prof.ppo_steps
-    config = trainer_args(PPOConfig, prof, out, steps, total_episodes=steps * batch,
-                          num_ppo_epochs=1, num_mini_batches=1,
-                          response_length=prof.max_new_tokens, kl_coef=prof.ppo_kl_coef,
-                          missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0,
-                          local_rollout_forward_batch_size=batch)
-    start = time.perf_counter()
-    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
-                         reward_model=reward_model, value_model=value_model,
-                         train_dataset=Dataset.from_dict({"input_ids": ids}),
-                         peft_config=lora_config(prof))
-    trainer.train()
-    stats = [e for e in trainer.state.log_history if "objective/scores" in e]
-    metrics = {"last_mean_score": stats[-1]["objective/scores"],
-               "last_kl": stats[-1]["objective/kl"]} if stats else {}
-    return finish(trainer, "ppo", out, prof, name, prompts, init, start, metrics,
-                  reward=str(reward), kl_coef=prof.ppo_kl_coef)
-
-
-def train_grpo(prompts, out, reward, init=None, model: str | None = None,
-               max_steps: int | None = None, profile: str | Profile | None = None,
-               num_generations: int = 2) -> TrainResult:
-    """GRPO from core TRL with the same reward model: no value model, the baseline is the mean
-    reward of a group of samples for the same prompt."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    from .data import load_prompts
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    prompts, out = Path(prompts), Path(out)
-    items = load_prompts(prompts)
-    reward_model, reward_tokenizer = load_reward_model(reward, prof)
-    name, policy, tokenizer = _policy(init, model, prof)
-    batch = max(num_generations, prof.per_device_batch_size // num_generations * num_generations)
-    config = trainer_args(GRPOConfig, prof, out, max_steps or prof.ppo_steps,
-                          num_generations=num_generations, max_completion_length=prof.max_new_tokens,
-                          beta=prof.ppo_kl_coef)
-    config.per_device_train_batch_size = batch
-    start = time.perf_counter()
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward_model, args=config,
-                          train_dataset=Dataset.from_list([{"prompt": i["messages"]} for i in items]),
-                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
-                          peft_config=lora_config(prof))
-    trainer.train()
-    stats = [e for e in trainer.state.log_history if "reward" in e]
-    metrics = {"last_mean_reward": stats[-1]["reward"]} if stats else {}
-    return finish(trainer, "grpo", out, prof, name, prompts, init, start, metrics,
-                  reward=str(reward), beta=prof.ppo_kl_coef)
+    prompts = project_root() / "data" / "prompts"
+    folder = Path(out) / f"round-{r}"
+    sft_data, prefs = folder / "sft.jsonl", folder / "prefs.jsonl"
+    run_critique(constitution, [prompts / "red_team_train.jsonl", prompts / "helpful_train.jsonl"],
+                 sft_data, model=model, profile=profile,
+                 limit=[profile.n_red_team, profile.n_helpful])
+    run_label(constitution, sft_data, prefs, model=model, profile=profile)
+    if not is_done(folder / "sft"):
+        train_sft(sft_data, folder / "sft", model=model, profile=profile)
+    if not is_done(folder / "dpo"):
+        train_dpo(prefs, folder / "dpo", init=folder / "sft", profile=profile)
+    return str(folder / "dpo")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_utils import training
+from cai_utils import rl, training
 from cai_utils.data import DataError, read_jsonl
 from cai_utils.profiles import get_profile
 
@@ -74,7 +74,7 @@ def test_sft_two_steps_change_lora_and_reload(sft_adapter):
     out, result = sft_adapter
     assert result.steps == 2 and changed_weights(result)
     assert 0 < result.trainable_params < result.total_params / 20  # LoRA: a small fraction
-    assert (out / "README.md").read_text().startswith("# SFT adapter for default")
+    assert (out / "README.md").read_text().startswith("# SFT adapter for SmolLM2-135M-Instruct")
     assert json.loads((out / "train_config.json").read_text())["profile"] == "ci"
     assert any("loss" in e for e in json.loads((out / "training_log.json").read_text()))
     assert training.is_done(out)
@@ -104,7 +104,7 @@ def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter):
 @pytest.fixture(scope="module")
 def reward_adapter(tmp_path_factory, pref_data):
     out = tmp_path_factory.mktemp("reward")
-    return out, training.train_reward(pref_data, out, max_steps=2, profile=PROFILE)
+    return out, rl.train_reward(pref_data, out, max_steps=2, profile=PROFILE)
 
 
 @pytest.mark.slow
@@ -113,8 +113,8 @@ def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter):
     assert result.steps == 2 and changed_weights(result)
     assert result.metrics["held_out_pairs"] == 2
     assert 0 <= result.metrics["held_out_pairwise_accuracy"] <= 1
-    model, tokenizer = training.load_reward_model(out, PROFILE)
-    [score] = training.reward_scores(model, tokenizer, [CONV], [[{"role": "assistant", "content": "No."}]])
+    model, tokenizer = rl.load_reward_model(out, PROFILE)
+    [score] = rl.reward_scores(model, tokenizer, [CONV], [[{"role": "assistant", "content": "No."}]])
     assert isinstance(score, float)
 
 
@@ -122,7 +122,7 @@ def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter):
 @pytest.mark.parametrize("stage", ["ppo", "grpo"])
 def test_rl_from_sft_with_the_reward_model(tmp_path, stage, sft_adapter, reward_adapter):
     prompts = write(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(4)])
-    train = training.train_ppo if stage == "ppo" else training.train_grpo
+    train = rl.train_ppo if stage == "ppo" else rl.train_grpo
     result = train(prompts, tmp_path / stage, reward=reward_adapter[0], init=sft_adapter[0],
                    max_steps=2, profile=PROFILE)
     assert result.steps == 2 and changed_weights(result)
@@ -167,3 +167,50 @@ def test_gradient_checkpointing_off_without_cuda(tmp_path):
     args = training.trainer_args(DPOConfig, get_profile("t4"), tmp_path, 2)
     assert args.gradient_checkpointing is False  # t4 asks for it, but this machine has no CUDA
     assert args.use_cpu and not args.fp16
+
+
+@pytest.mark.slow
+def test_an_adapter_folder_loads_as_a_model(sft_adapter):
+    from cai_utils.generation import chat
+    from cai_utils.models import load_model
+
+    model, tokenizer = load_model(str(sft_adapter[0]))
+    assert not hasattr(model, "peft_config")  # merged into a plain model
+    assert chat(model, tokenizer, "Say hi.", max_new_tokens=4)
+
+
+def test_self_improve_stops_when_quality_drops_more_than_5_percent():
+    scores = {"m0": 0.50, "m1": 0.60, "m2": 0.58, "m3": 0.40}
+    calls = []
+
+    def round_fn(r, model):
+        calls.append((r, model))
+        return f"m{r}"
+
+    history = training.self_improve(round_fn, scores.get, "m0", rounds=5)
+    assert calls == [(1, "m0"), (2, "m1"), (3, "m2")]  # each round starts from the last kept model
+    assert [h["model"] for h in history] == ["m0", "m1", "m2", "m3"]
+    assert history[2].get("best") and "stopped" in history[3]  # 0.58 is within 5% of 0.60
+    assert training.self_improve(round_fn, scores.get, "m0")[-1]["round"] == 1  # one round by default
+
+
+@pytest.mark.slow
+def test_improve_cli_runs_one_real_round(tmp_path):
+    env = {**os.environ, "CAI_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "cai_utils", "improve", "--constitution",
+                             str(ROOT / "constitutions/hhh-minimal.yaml"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "round 0: quality" in result.stdout and "round 1: quality" in result.stdout
+    assert training.is_done(tmp_path / "round-1" / "dpo")
+
+
+@pytest.mark.slow
+def test_merged_model_saves_and_loads(sft_adapter):
+    from cai_utils.generation import chat
+    from cai_utils.models import load_model
+
+    merged = training.save_merged(sft_adapter[0])
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    model, tokenizer = load_model(str(merged))
+    assert chat(model, tokenizer, "Say hi.", max_new_tokens=4)

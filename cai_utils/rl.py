@@ -1,0 +1,164 @@
+"""Stage 3, RL from AI feedback: a reward model on the stage-2 pairs, then PPO
+(``trl.experimental.ppo``) or GRPO (core TRL) against it, starting from the SFT adapter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .data import DataError
+from .profiles import DEFAULT_MODEL, Profile, get_profile
+from .training import (TrainResult, adapter_base, base_model, finish, is_done, load_records,
+                       lora_config, trainer_args, with_adapter)
+
+
+def reward_scores(model, tokenizer, prompts: list[list], completions: list[list],
+                  batch_size: int = 8) -> list[float]:
+    """The reward model's score for each (prompt, completion) conversation."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+    scores = []
+    device = next(model.parameters()).device
+    for at in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[at:at + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            scores += model(**enc).logits[:, 0].float().tolist()
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
+    """Share of pairs whose chosen answer the reward model scores above the rejected one."""
+    prompts = [r["prompt"] for r in records]
+    chosen = reward_scores(model, tokenizer, prompts, [r["chosen"] for r in records])
+    rejected = reward_scores(model, tokenizer, prompts, [r["rejected"] for r in records])
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(records)
+
+
+def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
+                 max_steps: int | None = None, profile: str | Profile | None = None,
+                 held_out: float = 0.25) -> TrainResult:
+    """A scalar-head reward model on stage-2 pairs (RewardTrainer, LoRA with the head trained
+    in full); reports pairwise accuracy on every 1/held_out-th pair, held out from training."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    data, out = Path(data), Path(out)
+    records = load_records(data, "reward")
+    every = max(2, round(1 / held_out))
+    evaluation = records[::every] if len(records) >= 4 else []
+    training = [r for i, r in enumerate(records) if not evaluation or i % every]
+    four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
+    start = time.perf_counter()
+    base, tokenizer = base_model(model, prof, four_bit,
+                                 model_class=AutoModelForSequenceClassification, num_labels=1)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    trainer = RewardTrainer(
+        model=with_adapter(base, init), processing_class=tokenizer,
+        args=trainer_args(RewardConfig, prof, out, max_steps or prof.reward_steps,
+                          max_length=prof.max_length),
+        train_dataset=Dataset.from_list(training),
+        peft_config=None if init else lora_config(prof, "SEQ_CLS"))
+    trainer.train()
+    metrics = {"held_out_pairs": len(evaluation)}
+    if evaluation:
+        trainer.model.eval()
+        metrics["held_out_pairwise_accuracy"] = pairwise_accuracy(trainer.model, tokenizer, evaluation)
+    return finish(trainer, "reward", out, prof, model, data, init, start, metrics,
+                  load_in_4bit=four_bit)
+
+
+def load_reward_model(folder: str | Path, profile: Profile, load_in_4bit: bool = False):
+    """A trained reward model with its adapter merged in (PPO and GRPO need a plain model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if not is_done(folder):
+        raise DataError(f"{folder}: no finished reward model there (run `train reward` first)")
+    model, tokenizer = base_model(adapter_base(folder), profile, load_in_4bit,
+                                  model_class=AutoModelForSequenceClassification, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    merged = with_adapter(model, folder, trainable=False).merge_and_unload()
+    merged.eval()
+    return merged, tokenizer
+
+
+def _policy(init, model: str | None, profile: Profile):
+    """The policy to start RL from: the SFT adapter merged into its base, or a base model."""
+    name = model or (adapter_base(init) if init else DEFAULT_MODEL)
+    base, tokenizer = base_model(name, profile, False)
+    if init:
+        base = with_adapter(base, init, trainable=False).merge_and_unload()
+    return name, base, tokenizer
+
+
+def train_ppo(prompts, out, reward, init=None, model: str | None = None,
+              max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
+    """PPO (``trl.experimental.ppo``): the policy starts from the SFT model with a fresh LoRA
+    adapter, so the reference is the SFT model (adapter disabled); the KL coefficient comes from
+    the profile and a reply without an end-of-turn token is penalised."""
+    from datasets import Dataset
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from .data import load_prompts
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prompts, out = Path(prompts), Path(out)
+    items = load_prompts(prompts)
+    reward_model, _ = load_reward_model(reward, prof)
+    value_model, _ = load_reward_model(reward, prof)
+    name, policy, tokenizer = _policy(init, model, prof)
+    ids = [tokenizer.apply_chat_template(i["messages"], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"] for i in items]
+    batch = prof.per_device_batch_size
+    steps = max_steps or prof.ppo_steps
+    config = trainer_args(PPOConfig, prof, out, steps, total_episodes=steps * batch,
+                          num_ppo_epochs=1, num_mini_batches=1,
+                          response_length=prof.max_new_tokens, kl_coef=prof.ppo_kl_coef,
+                          missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0,
+                          local_rollout_forward_batch_size=batch)
+    start = time.perf_counter()
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
+                         reward_model=reward_model, value_model=value_model,
+                         train_dataset=Dataset.from_dict({"input_ids": ids}),
+                         peft_config=lora_config(prof))
+    trainer.train()
+    stats = [e for e in trainer.state.log_history if "objective/scores" in e]
+    metrics = {"last_mean_score": stats[-1]["objective/scores"],
+               "last_kl": stats[-1]["objective/kl"]} if stats else {}
+    return finish(trainer, "ppo", out, prof, name, prompts, init, start, metrics,
+                  reward=str(reward), kl_coef=prof.ppo_kl_coef)
+
+
+def train_grpo(prompts, out, reward, init=None, model: str | None = None,
+               max_steps: int | None = None, profile: str | Profile | None = None,
+               num_generations: int = 2) -> TrainResult:
+    """GRPO from core TRL with the same reward model: no value model, the baseline is the mean
+    reward of a group of samples for the same prompt."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .data import load_prompts
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prompts, out = Path(prompts), Path(out)
+    items = load_prompts(prompts)
+    reward_model, reward_tokenizer = load_reward_model(reward, prof)
+    name, policy, tokenizer = _policy(init, model, prof)
+    batch = max(num_generations, prof.per_device_batch_size // num_generations * num_generations)
+    config = trainer_args(GRPOConfig, prof, out, max_steps or prof.ppo_steps,
+                          num_generations=num_generations, max_completion_length=prof.max_new_tokens,
+                          beta=prof.ppo_kl_coef)
+    config.per_device_train_batch_size = batch
+    start = time.perf_counter()
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward_model, args=config,
+                          train_dataset=Dataset.from_list([{"prompt": i["messages"]} for i in items]),
+                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
+                          peft_config=lora_config(prof))
+    trainer.train()
+    stats = [e for e in trainer.state.log_history if "reward" in e]
+    metrics = {"last_mean_reward": stats[-1]["reward"]} if stats else {}
+    return finish(trainer, "grpo", out, prof, name, prompts, init, start, metrics,
+                  reward=str(reward), beta=prof.ppo_kl_coef)
