@@ -37,8 +37,8 @@ def cmd_info(args) -> int:
     model, _ = load_model(DEFAULT_MODEL)
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"default model loads: {model.config.name_or_path or 'SmolLM2-135M-Instruct'} "
-          f"({params:.0f}M parameters) in {seconds:.1f}s")
+    print(f"default model loads: SmolLM2-135M-Instruct ({params:.0f}M parameters) in "
+          f"{seconds:.1f}s from {model.config.name_or_path}")
     return 0
 
 
@@ -130,6 +130,10 @@ def cmd_train(args) -> int:
         load_prompts(args.data)
         if not args.reward:
             return _err(f"train {args.stage} needs --reward DIR (a reward model from `train reward`)")
+    if args.stage == "ppo" and profile.load_in_4bit:
+        from .rl import PPO_NEEDS_FULL_VALUE_MODEL
+
+        return _err(f"profile {profile.name}: {PPO_NEEDS_FULL_VALUE_MODEL}")
     for folder in filter(None, [args.init, args.reward]):
         training.adapter_base(folder)
     common = dict(max_steps=args.max_steps, profile=profile)

@@ -94,6 +94,11 @@ def _policy(init, model: str | None, profile: Profile):
     return name, base, tokenizer
 
 
+PPO_NEEDS_FULL_VALUE_MODEL = (
+    "PPO trains a full value model beside the policy, which does not fit this profile's "
+    "4-bit GPU budget; use `train grpo` (no value model) here, or the a100 profile")
+
+
 def train_ppo(prompts, out, reward, init=None, model: str | None = None,
               max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
     """PPO (``trl.experimental.ppo``): the policy starts from the SFT model with a fresh LoRA
@@ -105,6 +110,8 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
     from .data import load_prompts
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    if prof.load_in_4bit:
+        raise ValueError(PPO_NEEDS_FULL_VALUE_MODEL)
     prompts, out = Path(prompts), Path(out)
     items = load_prompts(prompts)
     reward_model, _ = load_reward_model(reward, prof)

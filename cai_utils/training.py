@@ -139,7 +139,8 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
     seconds = round(time.perf_counter() - start, 1)
     provenance = _provenance(data)
     settings = {"stage": stage, "model": model_name, "init": str(init) if init else None,
-                "profile": profile.name, **config, "profile_settings": dataclasses.asdict(profile)}
+                "profile": profile.name, "trainable_params": trainable, "total_params": total,
+                **config, "profile_settings": dataclasses.asdict(profile)}
     write_json_atomic(out / "train_config.json", settings)
     write_json_atomic(out / "training_log.json", trainer.state.log_history)
     constitution = provenance["constitution"] or {}

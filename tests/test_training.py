@@ -214,3 +214,13 @@ def test_merged_model_saves_and_loads(sft_adapter):
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     model, tokenizer = load_model(str(merged))
     assert chat(model, tokenizer, "Say hi.", max_new_tokens=4)
+
+
+def test_ppo_on_a_4bit_profile_is_one_clear_line(tmp_path):
+    prompts = write(tmp_path / "p.jsonl", [{"id": "q", "prompt": "Hi?"}])
+    result = subprocess.run([sys.executable, "-m", "cai_utils", "train", "ppo", "--data", str(prompts),
+                             "--out", str(tmp_path / "o"), "--reward", str(tmp_path), "--profile", "t4"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "use `train grpo`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
