@@ -208,9 +208,9 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
     from . import constitution as cons
     from .generation import HFGenerator
     from .models import load_model
-    from .profiles import Profile, get_profile
+    from .profiles import get_profile
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     const = cons.load(constitution)
     prompt_files = [Path(p) for p in (prompts if isinstance(prompts, (list, tuple)) else [prompts])]
     limits = limit if isinstance(limit, (list, tuple)) else [limit] * len(prompt_files)

@@ -53,7 +53,7 @@ def refusal_quality(model_name: str, profile=None, models: dict | None = None) -
     from .models import load_model
     from .profiles import get_profile
 
-    prof = profile if profile is not None and not isinstance(profile, str) else get_profile(profile)
+    prof = get_profile(profile)
     root = project_root() / "data" / "prompts"
     red = load_prompts(root / "red_team_test.jsonl", prof.eval_prompts)
     borderline = load_prompts(root / "borderline_test.jsonl", prof.eval_prompts)

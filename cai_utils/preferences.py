@@ -176,9 +176,9 @@ def run_label(constitution, prompts, out, model: str | None = None,
                        read_jsonl, write_manifest)
     from .generation import HFGenerator, SamplingParams
     from .models import load_model
-    from .profiles import Profile, get_profile
+    from .profiles import get_profile
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     const = cons.load(constitution)
     out, prompts = Path(out), Path(prompts)
     candidates = candidates or prof.candidate_mode

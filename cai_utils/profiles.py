@@ -215,12 +215,17 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def get_profile(name: str | None = None) -> Profile:
+def get_profile(name: "str | Profile | None" = None) -> Profile:
     """The named profile, else ``$CAI_PROFILE``, else ``t4`` with CUDA and ``cpu`` without.
+    A Profile passes through unchanged, so callers may hand over a modified one.
 
     >>> get_profile("ci").name
     'ci'
+    >>> get_profile(PROFILES["ci"].replace(rounds=3)).rounds
+    3
     """
+    if isinstance(name, Profile):
+        return name
     chosen = name or os.environ.get("CAI_PROFILE") or ("t4" if has_cuda() else "cpu")
     try:
         return PROFILES[chosen]

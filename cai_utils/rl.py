@@ -45,7 +45,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     data, out = Path(data), Path(out)
     records = load_records(data, "reward")
     every = max(2, round(1 / held_out))
@@ -109,7 +109,7 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
 
     from .data import load_prompts
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     if prof.load_in_4bit:
         raise ValueError(PPO_NEEDS_FULL_VALUE_MODEL)
     prompts, out = Path(prompts), Path(out)
@@ -149,7 +149,7 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
 
     from .data import load_prompts
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     prompts, out = Path(prompts), Path(out)
     items = load_prompts(prompts)
     reward_model, reward_tokenizer = load_reward_model(reward, prof)

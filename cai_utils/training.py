@@ -186,7 +186,7 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     data, out = Path(data), Path(out)
     records = load_records(data, "sft")
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
@@ -209,7 +209,7 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    prof = get_profile(profile)
     data, out = Path(data), Path(out)
     records = load_records(data, "dpo")
     model = model or (adapter_base(init) if init else DEFAULT_MODEL)
