@@ -195,12 +195,16 @@ def load_model(
 
 
 def _trained_adapter(name: str) -> str | None:
-    """The base model name of an adapter folder written by ``train``, else None."""
+    """What an adapter folder written by ``train`` sits on, else None: its base model, or for
+    PPO/GRPO (a fresh adapter trained on the SFT model merged) the SFT adapter folder."""
     folder = Path(name)
     if (folder / "adapter_config.json").is_file() and (folder / "train_config.json").is_file():
         import json
 
-        return json.loads((folder / "train_config.json").read_text())["model"]
+        config = json.loads((folder / "train_config.json").read_text())
+        if config.get("stage") in ("ppo", "grpo") and config.get("init"):
+            return config["init"]
+        return config["model"]
     return None
 
 

@@ -127,6 +127,24 @@ def test_rl_from_sft_with_the_reward_model(tmp_path, stage, sft_adapter, reward_
                    max_steps=2, profile=PROFILE)
     assert result.steps == 2 and changed_weights(result)
     assert reload_and_generate(tmp_path / stage)
+    assert loads_on_the_sft_model(tmp_path / stage, sft_adapter[0])
+
+
+def loads_on_the_sft_model(rl_folder, sft_folder) -> bool:
+    """An RL adapter was trained on the SFT model merged, so it must load on that, not on the
+    bare base (which would silently drop the SFT step from the evaluated model)."""
+    import torch
+    from peft import PeftModel
+
+    from cai_utils.models import load_model
+
+    def q_weight(model):
+        return model.model.layers[0].self_attn.q_proj.weight
+
+    loaded = q_weight(load_model(str(rl_folder))[0])
+    on_sft = q_weight(PeftModel.from_pretrained(load_model(str(sft_folder))[0], str(rl_folder)).merge_and_unload())
+    on_base = q_weight(PeftModel.from_pretrained(load_model("default")[0], str(rl_folder)).merge_and_unload())
+    return torch.equal(loaded, on_sft) and not torch.equal(loaded, on_base)
 
 
 def run_cli(*args):
