@@ -118,6 +118,21 @@ class Constitution:
             matches[0].update(fields)
         return from_dict(data, source=f"<edit of {self.name}>")
 
+    def without(self, principle_id: str) -> "Constitution":
+        """A validated copy without one principle (and its worked examples), renamed
+        ``NAME-without-ID``: the ablation's constitution."""
+        ids = [p.id for p in self.principles]
+        if principle_id not in ids:
+            raise ConstitutionError([f"{self.name}: no principle {principle_id!r} to remove "
+                                     f"(it has {', '.join(ids)})"])
+        data = self.to_dict()
+        data["name"] = f"{self.name}-without-{principle_id}"
+        data["principles"] = [p for p in data["principles"] if p["id"] != principle_id]
+        data["few_shot"] = [e for e in data.get("few_shot", []) if e["principle"] != principle_id]
+        if not data["few_shot"]:
+            del data["few_shot"]
+        return from_dict(data, source=f"<{data['name']}>")
+
     def summary(self) -> str:
         return (f"{self.name} {self.version}: {len(self.principles)} principles, "
                 f"{len(self.few_shot)} few-shot, hash {self.hash[:12]}")
@@ -234,6 +249,11 @@ def from_dict(data, source: str = "<constitution>") -> Constitution:
     return Constitution(name=name, version=version, description=description,
                         principles=tuple(principles), few_shot=tuple(examples), meta=meta,
                         path=None if source.startswith("<") else source)
+
+
+def as_constitution(source: "str | Path | Constitution") -> Constitution:
+    """A Constitution as given, or loaded (and validated) from its file."""
+    return source if isinstance(source, Constitution) else load(source)
 
 
 def load(path: str | Path) -> Constitution:

@@ -193,7 +193,7 @@ def quality(records: list[dict]) -> dict:
     }
 
 
-def run_critique(constitution: str | Path, prompts: str | Path | list, out: str | Path,
+def run_critique(constitution, prompts: str | Path | list, out: str | Path,
                  model: str | None = None, critic_model: str | None = None,
                  profile: str | None = None, rounds: int | None = None,
                  limit: int | list[int] | None = None,
@@ -211,7 +211,7 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
     from .profiles import get_profile
 
     prof = get_profile(profile)
-    const = cons.load(constitution)
+    const = cons.as_constitution(constitution)
     prompt_files = [Path(p) for p in (prompts if isinstance(prompts, (list, tuple)) else [prompts])]
     limits = limit if isinstance(limit, (list, tuple)) else [limit] * len(prompt_files)
     if len(limits) != len(prompt_files):
@@ -234,7 +234,7 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
     writer = JsonlAppender(out)
     todo = [item for item in items if item["id"] not in writer.done_ids]
     write_manifest(out, complete=False, profile=prof.name, **provenance,
-                   inputs={str(p): file_sha256(p) for p in prompt_files + [Path(constitution)]})
+                   inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])})
     loaded = dict(models or {})
     batch = batch_size or prof.batch_size
     start = time.perf_counter()
@@ -254,7 +254,7 @@ def run_critique(constitution: str | Path, prompts: str | Path | list, out: str 
     done = [r for r in records if r["id"] in wanted]
     stats = quality(done)
     write_manifest(out, complete=len(done) == len(items), profile=prof.name, **provenance,
-                   inputs={str(p): file_sha256(p) for p in prompt_files + [Path(constitution)]},
+                   inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])},
                    counts={"records": len(records), "requested": len(items),
                            "written_this_run": len(todo)},
                    seconds=round(time.perf_counter() - start, 1), quality=stats)

@@ -149,6 +149,15 @@ class JsonlAppender:
         self.close()
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Rename a finished temporary file into place with the usual permissions (mkstemp
+    creates files only their owner can read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: str | Path, obj) -> Path:
     """Write JSON through a temporary file and a rename: readers never see half a file."""
     path = Path(path)
@@ -157,7 +166,7 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
         handle.write("\n")
-    os.replace(tmp, path)
+    _publish(tmp, path)
     return path
 
 
@@ -169,7 +178,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    _publish(tmp, path)
     return path
 
 

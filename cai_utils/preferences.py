@@ -8,7 +8,6 @@ orders and whether they agree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -18,17 +17,51 @@ from .constitution import Constitution, Principle
 from .evaluation import proportion_ci
 
 
-def _option_token_ids(tokenizer, prefix: str) -> tuple[int, int]:
-    """Token ids of "A" and "B" as they follow the answer prefix."""
+def option_token_ids(tokenizer, prefix: str, options: str = "AB") -> list[int]:
+    """Token ids of each option (a letter or digit) as it follows the answer prefix.
+
+    >>> from cai_utils.models import load_tokenizer
+    >>> len(option_token_ids(load_tokenizer(), "Rating: ", "12345"))
+    5
+    """
     base = tokenizer.encode(prefix, add_special_tokens=False)
     ids = []
-    for letter in "AB":
-        full = tokenizer.encode(prefix + letter, add_special_tokens=False)
+    for option in options:
+        full = tokenizer.encode(prefix + option, add_special_tokens=False)
         if full[:-1] != base:
-            raise ValueError(f"the tokenizer merges {letter!r} into the answer prefix; "
-                             "use a judge model whose tokenizer keeps them apart")
+            raise ValueError(f"the tokenizer merges {option!r} into the answer prefix "
+                             f"{prefix!r}; use a judge model whose tokenizer keeps them apart")
         ids.append(full[-1])
-    return ids[0], ids[1]
+    return ids
+
+
+def option_probs(model, tokenizer, texts: list[str], ids: list[int], batch_size: int = 8,
+                 progress: bool = True, desc: str = "judging") -> list[list[float]]:
+    """For each text, the next-token probabilities of the option tokens, normalised over them.
+
+    One forward pass per batch, shortest texts together, only the last position's logits.
+    Returns one list per text, in input order.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs: list[list[float]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    with tqdm(total=len(texts), desc=desc, unit="question", disable=not progress,
+              leave=False) as bar:
+        for at in range(0, len(order), batch_size):
+            batch = order[at:at + batch_size]
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                # only the last position: full-vocabulary logits everywhere cost more than the model
+                logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+            chosen = torch.log_softmax(logits[:, list(ids)], dim=-1).exp()
+            for i, row in zip(batch, chosen.tolist()):
+                probs[i] = row
+            bar.update(len(batch))
+    return probs
 
 
 class LogProbJudge:
@@ -38,7 +71,7 @@ class LogProbJudge:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.progress = batch_size, progress
         self.tokenizer.padding_side = "left"
-        self.ids = _option_token_ids(tokenizer, P.JUDGE_ANSWER_PREFIX)
+        self.ids = tuple(option_token_ids(tokenizer, P.JUDGE_ANSWER_PREFIX))
 
     def render(self, principle: Principle, conversation, option_a: str, option_b: str) -> str:
         messages = P.judge_messages(principle, conversation, option_a, option_b)
@@ -49,26 +82,9 @@ class LogProbJudge:
     def prob_first(self, questions: list[tuple[Principle, list, str, str]],
                    desc: str = "judging") -> list[float]:
         """P(A) for each ``(principle, conversation, option_a, option_b)``, in input order."""
-        import torch
-
         texts = [self.render(*q) for q in questions]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        probs: list[float] = [math.nan] * len(texts)
-        device = next(self.model.parameters()).device
-        with tqdm(total=len(texts), desc=desc, unit="question", disable=not self.progress,
-                  leave=False) as bar:
-            for at in range(0, len(order), self.batch_size):
-                batch = order[at:at + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt",
-                                     padding=True, add_special_tokens=False).to(device)
-                with torch.inference_mode():
-                    # only the last position: full-vocabulary logits everywhere cost more than the model
-                    logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-                pair = torch.log_softmax(logits[:, list(self.ids)], dim=-1).exp()
-                for i, p in zip(batch, pair[:, 0].tolist()):
-                    probs[i] = p
-                bar.update(len(batch))
-        return probs
+        return [p[0] for p in option_probs(self.model, self.tokenizer, texts, list(self.ids),
+                                           self.batch_size, self.progress, desc)]
 
 
 @dataclass(frozen=True)
@@ -179,7 +195,7 @@ def run_label(constitution, prompts, out, model: str | None = None,
     from .profiles import get_profile
 
     prof = get_profile(profile)
-    const = cons.load(constitution)
+    const = cons.as_constitution(constitution)
     out, prompts = Path(out), Path(prompts)
     candidates = candidates or prof.candidate_mode
     mode = mode or prof.judge_mode
@@ -203,7 +219,7 @@ def run_label(constitution, prompts, out, model: str | None = None,
     check_resume(out, provenance)
     writer, ties = JsonlAppender(out), JsonlAppender(ties_path)
     todo = [r for r in items if r["id"] not in writer.done_ids | ties.done_ids]
-    inputs = {str(p): file_sha256(p) for p in (prompts, Path(constitution))}
+    inputs = {str(p): file_sha256(p) for p in [prompts] + ([Path(const.path)] if const.path else [])}
     write_manifest(out, complete=False, profile=prof.name, inputs=inputs, **provenance)
     loaded = dict(models or {})
     batch = batch_size or prof.batch_size
