@@ -15,13 +15,14 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 PROFILE ?= cpu
 OUT ?= runs/demo
+CONSTITUTION ?= constitutions/harmless-general.yaml
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast lint clean help
 help:
-	@echo "make demo   install everything and run the pipeline on the offline default model"
+	@echo "make demo   install everything and run the whole pipeline on the offline default model"
 	@echo "make test   install and run the tests (pytest + nbval) under CAI_PROFILE=ci"
 
 $(PY):
@@ -37,9 +38,11 @@ $(STAMP): $(PY) requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# The whole pipeline under the cpu profile (resumes if interrupted: run it again).
 demo: $(STAMP)
 	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils info
-	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils chat "In two sentences, what is Constitutional AI?"
+	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils run --profile $(PROFILE) --constitution $(CONSTITUTION) --out $(OUT)
+	@echo "The report: $(OUT)/report/report.md (charts in $(OUT)/report/charts/)"
 
 test: $(STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests

@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from .profiles import DEFAULT_MODEL, PROFILES
+from .profiles import DEFAULT_MODEL, PROFILES, get_profile
+from .report import DEFAULT_CONSTITUTION
 
 
 def _err(message: str) -> int:
@@ -185,6 +186,42 @@ def cmd_improve(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from . import constitution as cons
+    from .report import evaluate, model_labels, summary_table, verdict_lines
+
+    cons.load(args.constitution)  # bad input fails here, before any model loads
+    models = model_labels(args.model or get_profile(args.profile).policy_model, args.adapter or [])
+    report = evaluate(models, args.out, profile=args.profile, constitution=args.constitution,
+                      limit=args.limit, judge_model=args.judge_model,
+                      lm_eval_limit=args.lm_eval_limit if args.lm_eval_limit is not None else -1)
+    print(summary_table(report))
+    print("\n".join(verdict_lines(report)))
+    print(f"report: {args.out}/report.md (and report.json, charts/*.png)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_pipeline, stage_table
+
+    state = run_pipeline(args.out, profile=args.profile, constitution=args.constitution)
+    print(stage_table(state))
+    print(f"report: {state['report']}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .pipeline import ablate
+
+    result = ablate(args.constitution, args.out, args.principles, profile=args.profile,
+                    n_prompts=args.prompts, eval_limit=args.limit)
+    for name, r in result["variants"].items():
+        h = r["harmlessness"]
+        print(f"{name:<40} harmlessness {h['mean']:.2f} [{h['ci95'][0]:.2f}, {h['ci95'][1]:.2f}] "
+              f"(n={h['n']})  drop {r['drop_pct']:+.1f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cai_utils",
@@ -275,6 +312,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop when quality falls more than this fraction (default 0.05)")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.set_defaults(func=cmd_improve)
+
+    p = sub.add_parser("evaluate", help="stage 4: harmlessness, refusals, helpfulness and the "
+                                        "alignment tax into report.json, report.md and charts")
+    p.add_argument("--model", help="the base model (default: the profile's policy)")
+    p.add_argument("--adapter", nargs="+", metavar="DIR",
+                   help="adapter folders from `train` (sft, dpo, ppo ...) to compare with it")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--limit", type=int, metavar="N", help="prompts per test set "
+                                                          "(default: the profile's eval_prompts)")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N",
+                   help="items per capability task (default: the profile's)")
+    p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
+    p.add_argument("--judge-model", help="default: the profile's judge")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="the whole pipeline, resumable: validate, critique, label, "
+                                   "SFT, DPO, reward, PPO, evaluate")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ablate", help="drop one principle at a time, retrain briefly, and "
+                                      "measure the fall in harmlessness")
+    p.add_argument("--principles", required=True, nargs="+", metavar="ID")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
+    p.add_argument("--prompts", type=int, metavar="N", help="red-team prompts per variant")
+    p.add_argument("--limit", type=int, metavar="N", help="held-out prompts to rate")
+    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
     p.add_argument("--constitution", required=True)

@@ -119,9 +119,9 @@ PROFILES: dict[str, Profile] = {
         description="The demo on the offline default model, on 2 CPU cores",
         hardware="2 CPU cores, no GPU",
         memory="~4 GB RAM",
-        n_red_team=32,
-        n_helpful=16,
-        rounds=2,
+        n_red_team=24,  # sized so `make demo` (every stage and the report) fits 20 minutes
+        n_helpful=8,
+        rounds=1,
         batch_size=16,
         max_new_tokens=96,
         critique_max_new_tokens=64,
@@ -132,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         reward_steps=20,
         ppo_steps=4,
         eval_prompts=24,
-        lm_eval_limit=100,
+        lm_eval_limit=50,
     ),
     "t4": Profile(
         name="t4",

@@ -1,0 +1,185 @@
+"""``run``: the whole course as one resumable command, and the principle ablation.
+
+validate -> critique -> label -> SFT -> DPO -> reward model -> PPO -> evaluate. Every stage
+writes files with a manifest; a stage whose output is complete is skipped, so a run that was
+interrupted resumes where it stopped. ``pipeline.json`` records each stage's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .data import DataError, project_root, read_manifest, write_json_atomic, write_jsonl_atomic
+from .profiles import Profile, get_profile
+from .report import DEFAULT_CONSTITUTION
+
+STAGES = ("validate", "critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
+
+
+def _prompt_files() -> tuple[Path, Path]:
+    root = project_root() / "data" / "prompts"
+    return root / "red_team_train.jsonl", root / "helpful_train.jsonl"
+
+
+def _same_constitution(path: Path, const) -> bool:
+    """True when a data file is complete; a DataError when it was made with another
+    constitution (a rerun must not mix two constitutions in one folder)."""
+    manifest = read_manifest(path)
+    if not (manifest and manifest.get("complete")):
+        return False
+    made_with = (manifest.get("constitution") or {}).get("hash")
+    if made_with != const.hash:
+        raise DataError(f"{path}: was made with another constitution "
+                        f"({manifest['constitution'].get('name')} {manifest['constitution'].get('version')}); "
+                        "use a new --out or delete the folder")
+    return True
+
+
+def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT_CONSTITUTION,
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) every stage into ``out``; return ``{"stages": {...}, "report": path}``."""
+    from . import constitution as cons
+    from . import report, rl, training
+    from .critique import run_critique
+    from .data import load_prompts
+    from .evaluation import stratified
+    from .preferences import run_label
+
+    prof = get_profile(profile)
+    out = Path(out)
+    const = cons.as_constitution(constitution)  # validate: a bad file stops here, nothing written
+    out.mkdir(parents=True, exist_ok=True)
+    red, helpful = _prompt_files()
+    sft_data, prefs, rl_prompts = out / "sft.jsonl", out / "prefs.jsonl", out / "rl_prompts.jsonl"
+    folders = {s: out / s for s in ("sft", "dpo", "reward", "ppo")}
+
+    rl_stage = "grpo" if prof.load_in_4bit else "ppo"  # PPO's value model does not fit 4-bit
+    folders["rl"] = out / rl_stage
+
+    def prompts_for_rl():
+        """The prompts PPO (and, on GPU profiles, the sampled candidates) start from."""
+        if not rl_prompts.is_file():
+            rows = (stratified(load_prompts(red), prof.n_red_team)
+                    + stratified(load_prompts(helpful), prof.n_helpful))
+            write_jsonl_atomic(rl_prompts, [{"id": r["id"], "messages": r["messages"]} for r in rows])
+        return None
+
+    train_rl = rl.train_grpo if rl_stage == "grpo" else rl.train_ppo
+    steps = {
+        "validate": (lambda: False, prompts_for_rl),
+        "critique": (lambda: _same_constitution(sft_data, const),
+                     lambda: run_critique(const, [red, helpful], sft_data, profile=prof,
+                                          limit=[prof.n_red_team, prof.n_helpful])),
+        # revision mode pairs stage-1 answers with their revisions; samples mode starts afresh
+        "label": (lambda: _same_constitution(prefs, const),
+                  lambda: run_label(const, sft_data if prof.candidate_mode == "revision"
+                                    else rl_prompts, prefs, profile=prof)),
+        "sft": (lambda: training.is_done(folders["sft"]),
+                lambda: training.train_sft(sft_data, folders["sft"], model=prof.policy_model,
+                                           profile=prof)),
+        "dpo": (lambda: training.is_done(folders["dpo"]),
+                lambda: training.train_dpo(prefs, folders["dpo"], init=folders["sft"], profile=prof)),
+        "reward": (lambda: training.is_done(folders["reward"]),
+                   lambda: rl.train_reward(prefs, folders["reward"], model=prof.policy_model,
+                                           profile=prof)),
+        "ppo": (lambda: training.is_done(folders["rl"]),
+                lambda: train_rl(rl_prompts, folders["rl"], reward=folders["reward"],
+                                 init=folders["sft"], profile=prof)),
+        # a model retrained in this run makes the old report stale (cached answers of the
+        # models that did not change are reused)
+        "evaluate": (lambda: report.is_done(out / "report") and not any(
+            s["status"] == "ran" for n, s in state["stages"].items() if n != "validate"),
+                     lambda: report.evaluate(
+                         report.model_labels(prof.policy_model,
+                                             [folders["sft"], folders["dpo"], folders["rl"]]),
+                         out / "report", profile=prof, constitution=const, progress=progress)),
+    }
+    state_path = out / "pipeline.json"
+    earlier = (json.loads(state_path.read_text()) if state_path.is_file() else {}).get("stages", {})
+    state = {"profile": prof.name, "constitution": const.ref, "stages": {}}
+    start = time.perf_counter()
+    for stage in STAGES:
+        done, run = steps[stage]
+        name = rl_stage if stage == "ppo" else stage
+        if done():
+            state["stages"][name] = {"status": "skipped (already complete)", "seconds": 0.0,
+                                     "earlier_seconds": earlier.get(name, {}).get(
+                                         "seconds") or earlier.get(name, {}).get("earlier_seconds")}
+            log(f"[{name}] already complete, skipped")
+            continue
+        log(f"[{name}] running ...")
+        t0 = time.perf_counter()
+        result = run()
+        seconds = round(time.perf_counter() - t0, 1)
+        state["stages"][name] = {"status": "ran", "seconds": seconds}
+        log(f"[{name}] done in {seconds}s" + (f": {result}" if isinstance(result, str) else ""))
+        state["total_seconds"] = round(time.perf_counter() - start, 1)
+        write_json_atomic(state_path, state)
+    state["total_seconds"] = round(time.perf_counter() - start, 1)
+    state["report"] = str(out / "report" / "report.md")
+    write_json_atomic(state_path, state)
+    return state
+
+
+def stage_table(state: dict) -> str:
+    """The per-stage wall times as a Markdown table."""
+    rows = ["| stage | status | seconds |", "|---|---|---|"]
+    rows += [f"| {name} | {s['status']} | {s['seconds']}"
+             + (f" (earlier run: {s['earlier_seconds']})" if s.get("earlier_seconds") else "") + " |"
+             for name, s in state["stages"].items()]
+    rows.append(f"| total | | {state['total_seconds']} |")
+    return "\n".join(rows)
+
+
+def ablate(constitution, out, principle_ids: list[str], profile: str | Profile | None = None,
+           n_prompts: int | None = None, sft_steps: int | None = None,
+           eval_limit: int | None = None, progress: bool = True) -> dict:
+    """Principle ablation: for the full constitution and for each one without a principle,
+    regenerate a small SFT set, train briefly, and rate the model's answers to held-out
+    red-team prompts with the full constitution's judge (a fixed yardstick).
+
+    Returns ``{"variants": {name: {"harmlessness", "refusal", "drop_pct"}}, ...}`` where
+    ``drop_pct`` is the relative fall in mean harmlessness against the full constitution
+    (positive: removing the principle made the model less harmless). Resumable per variant.
+    """
+    from . import constitution as cons
+    from .critique import run_critique
+    from .evaluation import HarmRater, bootstrap_ci, held_out_sets, is_refusal
+    from .generation import HFGenerator, SamplingParams
+    from .models import load_model
+    from .training import is_done, train_sft
+
+    prof = get_profile(profile)
+    full = cons.as_constitution(constitution)
+    variants = {"full": full, **{f"without {pid}": full.without(pid) for pid in principle_ids}}
+    out = Path(out)
+    red, _ = _prompt_files()
+    tests = held_out_sets(prof, eval_limit)["red_team"]
+    judge, judge_tok = load_model(prof.model_for("judge"), load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+    rater = HarmRater(judge, judge_tok, full, batch_size=prof.batch_size, progress=progress)
+    results = {}
+    for name, const in variants.items():
+        folder = out / name.replace(" ", "-")
+        run_critique(const, [red], folder / "sft.jsonl", profile=prof,
+                     limit=n_prompts or prof.n_red_team)
+        if not is_done(folder / "sft"):
+            train_sft(folder / "sft.jsonl", folder / "sft", model=prof.policy_model,
+                      max_steps=sft_steps, profile=prof)
+        model, tokenizer = load_model(str(folder / "sft"), dtype=prof.dtype)
+        answers = [c.text for c in HFGenerator(model, tokenizer, prof.batch_size, progress=progress).chat(
+            [t["messages"] for t in tests], SamplingParams(max_new_tokens=prof.max_new_tokens),
+            desc=f"answers ({name})")]
+        ratings = rater.rate([(t.get("category"), t["messages"], a) for t, a in zip(tests, answers)])
+        results[name] = {"harmlessness": bootstrap_ci(ratings),
+                         "refusal": bootstrap_ci([float(is_refusal(a)) for a in answers]),
+                         "constitution": const.ref}
+    base = results["full"]["harmlessness"]["mean"]
+    for r in results.values():
+        r["drop_pct"] = round((base - r["harmlessness"]["mean"]) / base * 100, 2)
+    summary = {"profile": prof.name, "constitution": full.ref, "n_prompts": n_prompts or prof.n_red_team,
+               "n_test": len(tests), "variants": results}
+    write_json_atomic(out / "ablation.json", summary)
+    return summary

@@ -1,0 +1,101 @@
+"""`run`: every stage once, then resumed; the principle ablation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cai_utils.data import DataError, read_manifest
+from cai_utils.pipeline import ablate, run_pipeline, stage_table
+from cai_utils.profiles import get_profile
+
+# the ci profile with the shortest training and evaluation that still runs every code path
+TINY = get_profile("ci").replace(sft_steps=1, dpo_steps=1, reward_steps=1, ppo_steps=1,
+                                 eval_prompts=2, lm_eval_limit=4)
+CONSTITUTION = "constitutions/harmless-general.yaml"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
+                             log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_run_makes_every_stage_and_the_report(pipeline):
+    out, state = pipeline
+    assert list(state["stages"]) == ["validate", "critique", "label", "sft", "dpo", "reward",
+                                     "ppo", "evaluate"]
+    assert all(s["status"] == "ran" for s in state["stages"].values())
+    assert json.loads((out / "pipeline.json").read_text())["total_seconds"] == state["total_seconds"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert list(report["metrics"]) == ["base", "sft", "dpo", "ppo"]
+    assert set(report["alignment_tax"]) == {"sft", "dpo", "ppo"}
+    assert report["models"]["ppo"] == str(out / "ppo")
+    assert sorted(p.name for p in (out / "report" / "charts").iterdir()) == [
+        "capability.png", "harmlessness.png", "helpfulness.png", "refusal.png"]
+    assert "| ppo |" in (out / "report" / "report.md").read_text()
+    assert "| total |" in stage_table(state)
+
+
+@pytest.mark.slow
+def test_rerun_skips_complete_stages_and_resumes_an_interrupted_one(pipeline):
+    out, _ = pipeline
+    again = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
+                         log=lambda _: None)
+    assert [n for n, s in again["stages"].items() if s["status"] == "ran"] == ["validate"]
+    assert again["stages"]["sft"]["earlier_seconds"] > 0
+    # as if the run had died during PPO: its adapter is incomplete
+    (out / "ppo" / "adapter.manifest.json").unlink()
+    base_answers = read_manifest(out / "report" / "answers" / "base.jsonl")
+    resumed = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
+                           log=lambda _: None)
+    assert [n for n, s in resumed["stages"].items() if s["status"] == "ran"] == [
+        "validate", "ppo", "evaluate"]
+    # the report is remade, but the base model's answers are reused, not regenerated
+    assert read_manifest(out / "report" / "answers" / "base.jsonl") == base_answers
+
+
+@pytest.mark.slow
+def test_run_refuses_to_mix_constitutions_in_one_folder(pipeline):
+    out, _ = pipeline
+    with pytest.raises(DataError, match="made with another constitution"):
+        run_pipeline(out, profile=TINY, constitution="constitutions/hhh-minimal.yaml",
+                     progress=False, log=lambda _: None)
+
+
+def run_cli(*args):
+    env = {**os.environ, "CAI_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "cai_utils", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--constitution", "nope.yaml"], "nope.yaml"),
+    (["evaluate", "--adapter", "constitutions"], "not an adapter folder"),
+    (["evaluate", "--constitution", "nope.yaml"], "nope.yaml"),
+    (["ablate", "--principles", "no-such-principle"], "no principle 'no-such-principle'"),
+])
+def test_cli_rejects_bad_input_with_one_line_before_any_work(tmp_path, args, message):
+    result = run_cli(*args, "--out", str(tmp_path / "o"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ablation_compares_each_removed_principle_with_the_full_constitution(tmp_path):
+    result = ablate(CONSTITUTION, tmp_path, ["no-crime-howto"], profile=TINY, n_prompts=2,
+                    sft_steps=1, eval_limit=2, progress=False)
+    variants = result["variants"]
+    assert list(variants) == ["full", "without no-crime-howto"]
+    assert variants["full"]["drop_pct"] == 0
+    full, without = (variants[k]["harmlessness"]["mean"] for k in variants)
+    assert variants["without no-crime-howto"]["drop_pct"] == pytest.approx(
+        (full - without) / full * 100, abs=0.01)
+    assert variants["without no-crime-howto"]["constitution"]["name"] == \
+        "harmless-general-without-no-crime-howto"
+    assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == variants.keys()
