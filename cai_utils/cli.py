@@ -214,11 +214,13 @@ def cmd_ablate(args) -> int:
     from .pipeline import ablate
 
     result = ablate(args.constitution, args.out, args.principles, profile=args.profile,
-                    n_prompts=args.prompts, eval_limit=args.limit)
+                    n_prompts=args.prompts, sft_steps=args.steps, eval_limit=args.limit)
     for name, r in result["variants"].items():
         h = r["harmlessness"]
+        d = r["vs_full"]
         print(f"{name:<40} harmlessness {h['mean']:.2f} [{h['ci95'][0]:.2f}, {h['ci95'][1]:.2f}] "
-              f"(n={h['n']})  drop {r['drop_pct']:+.1f}%")
+              f"(n={h['n']})  drop {r['drop_pct']:+.1f}%  paired change {d['diff']:+.3f} "
+              f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     return 0
 
 
@@ -341,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
     p.add_argument("--prompts", type=int, metavar="N", help="red-team prompts per variant")
+    p.add_argument("--steps", type=int, metavar="N", help="SFT steps per variant")
     p.add_argument("--limit", type=int, metavar="N", help="held-out prompts to rate")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.set_defaults(func=cmd_ablate)

@@ -136,18 +136,21 @@ def stage_table(state: dict) -> str:
 
 def ablate(constitution, out, principle_ids: list[str], profile: str | Profile | None = None,
            n_prompts: int | None = None, sft_steps: int | None = None,
-           eval_limit: int | None = None, progress: bool = True) -> dict:
+           eval_limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Principle ablation: for the full constitution and for each one without a principle,
     regenerate a small SFT set, train briefly, and rate the model's answers to held-out
     red-team prompts with the full constitution's judge (a fixed yardstick).
 
-    Returns ``{"variants": {name: {"harmlessness", "refusal", "drop_pct"}}, ...}`` where
-    ``drop_pct`` is the relative fall in mean harmlessness against the full constitution
-    (positive: removing the principle made the model less harmless). Resumable per variant.
+    Returns ``{"variants": {name: {"harmlessness", "refusal", "drop_pct", "vs_full", ...}}}``
+    where ``drop_pct`` is the relative fall in mean harmlessness against the full constitution
+    (positive: removing the principle made the model less harmless) and ``vs_full`` the paired
+    difference in rating with its 95% interval. Resumable per variant. ``seed`` changes the
+    critique step's principle sampling (a control run: the full constitution with another
+    seed, into another ``out``).
     """
     from . import constitution as cons
     from .critique import run_critique
-    from .evaluation import HarmRater, bootstrap_ci, held_out_sets, is_refusal
+    from .evaluation import HarmRater, bootstrap_ci, held_out_sets, is_refusal, paired_bootstrap
     from .generation import HFGenerator, SamplingParams
     from .models import load_model
     from .training import is_done, train_sft
@@ -164,7 +167,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     for name, const in variants.items():
         folder = out / name.replace(" ", "-")
         run_critique(const, [red], folder / "sft.jsonl", profile=prof,
-                     limit=n_prompts or prof.n_red_team)
+                     limit=n_prompts or prof.n_red_team, seed=seed)
         if not is_done(folder / "sft"):
             train_sft(folder / "sft.jsonl", folder / "sft", model=prof.policy_model,
                       max_steps=sft_steps, profile=prof)
@@ -175,10 +178,13 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
         ratings = rater.rate([(t.get("category"), t["messages"], a) for t, a in zip(tests, answers)])
         results[name] = {"harmlessness": bootstrap_ci(ratings),
                          "refusal": bootstrap_ci([float(is_refusal(a)) for a in answers]),
-                         "constitution": const.ref}
+                         "constitution": const.ref, "ratings": ratings}
+    full_ratings = results["full"]["ratings"]
     base = results["full"]["harmlessness"]["mean"]
     for r in results.values():
         r["drop_pct"] = round((base - r["harmlessness"]["mean"]) / base * 100, 2)
+        # the same held-out prompts for every variant: a paired interval for the change
+        r["vs_full"] = paired_bootstrap(full_ratings, r["ratings"])
     summary = {"profile": prof.name, "constitution": full.ref, "n_prompts": n_prompts or prof.n_red_team,
                "n_test": len(tests), "variants": results}
     write_json_atomic(out / "ablation.json", summary)

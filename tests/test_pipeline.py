@@ -96,6 +96,8 @@ def test_ablation_compares_each_removed_principle_with_the_full_constitution(tmp
     full, without = (variants[k]["harmlessness"]["mean"] for k in variants)
     assert variants["without no-crime-howto"]["drop_pct"] == pytest.approx(
         (full - without) / full * 100, abs=0.01)
+    assert variants["full"]["vs_full"]["diff"] == 0
+    assert variants["without no-crime-howto"]["vs_full"]["diff"] == pytest.approx(without - full, abs=1e-9)
     assert variants["without no-crime-howto"]["constitution"]["name"] == \
         "harmless-general-without-no-crime-howto"
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == variants.keys()
