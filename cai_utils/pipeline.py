@@ -54,10 +54,8 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     out.mkdir(parents=True, exist_ok=True)
     red, helpful = _prompt_files()
     sft_data, prefs, rl_prompts = out / "sft.jsonl", out / "prefs.jsonl", out / "rl_prompts.jsonl"
-    folders = {s: out / s for s in ("sft", "dpo", "reward", "ppo")}
-
     rl_stage = "grpo" if prof.load_in_4bit else "ppo"  # PPO's value model does not fit 4-bit
-    folders["rl"] = out / rl_stage
+    folders = {s: out / s for s in ("sft", "dpo", "reward")} | {"rl": out / rl_stage}
 
     def prompts_for_rl():
         """The prompts PPO (and, on GPU profiles, the sampled candidates) start from."""
