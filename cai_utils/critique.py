@@ -20,8 +20,9 @@ from . import prompts as P
 from .constitution import Constitution
 from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts, read_jsonl,
                    write_manifest)
-from .evaluation import is_refusal, proportion_ci
+from .stats import proportion_ci
 from .generation import Generator, SamplingParams
+from .text_checks import GATES, is_refusal, quality_gates
 
 _PREAMBLE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+|here you go[:!.,]?\s+|"
@@ -82,7 +83,12 @@ def flag_text(text: str, source: str, finished: bool, kind: str) -> list[str]:
     return flags
 
 
-REJECTING = ("revision_empty", "revision_degenerate", "revision_meta", "critique_empty")
+REJECTING = ("revision_empty", "revision_degenerate", "revision_meta", "critique_empty", *GATES)
+
+
+def example_texts(constitution: Constitution) -> list[str]:
+    """Every worked example's text (response, critique, revision): what a revision must not copy."""
+    return [t for e in constitution.few_shot for t in (e.response, e.critique, e.revision) if t]
 
 
 def round_temperature(r: int, rounds: int, schedule: tuple[float, float]) -> float:
@@ -121,6 +127,7 @@ def critique_revise(items: list[dict], constitution: Constitution, answerer: Gen
     current = [a.text for a in answers]
     rounds = [[] for _ in items]
     flags = [["answer_truncated"] if not a.finished else [] for a in answers]
+    examples = example_texts(constitution)
     for r in range(s.rounds):
         temp = round_temperature(r, s.rounds, s.round_temperatures)
         principles = [constitution.sample_principle(f"{k}:{r}", s.seed) for k in keys]
@@ -142,6 +149,8 @@ def critique_revise(items: list[dict], constitution: Constitution, answerer: Gen
             revision = clean_revision(rv.text)
             round_flags = ([] if cr is None else flag_text(cr.text, current[i], cr.finished, "critique"))
             round_flags += flag_text(revision, current[i], rv.finished, "revision")
+            if revision.strip():
+                round_flags += quality_gates(revision, convs[i], examples)
             accepted = not any(f in REJECTING for f in round_flags)
             rounds[i].append({"principle_id": p.id, "temperature": temp,
                               "critique": None if cr is None else cr.text,
@@ -190,7 +199,27 @@ def quality(records: list[dict]) -> dict:
         "truncated": share(sum(any(f.endswith("_truncated") for f in r["flags"])
                                for r in records), len(records)),
         "unrevised": share(sum("unrevised" in r["flags"] for r in records), len(records)),
+        # each quality gate: the share of revisions (all rounds) it rejected
+        "gates": gate_shares(records),
     }
+
+
+def gate_shares(records: list[dict]) -> dict:
+    """Per gate, the share of revisions it caught, over every round of every record, with
+    the number of revisions; plus the share accepted.
+
+    >>> recs = [{"rounds": [{"flags": ["revision_copied"], "accepted": False}]},
+    ...         {"rounds": [{"flags": [], "accepted": True}]}]
+    >>> gate_shares(recs)["revision_copied"], gate_shares(recs)["accepted"]
+    (0.5, 0.5)
+    """
+    rounds = [r for rec in records for r in rec.get("rounds", [])]
+    n = len(rounds)
+    out = {gate: round(sum(gate in r["flags"] for r in rounds) / n, 4) if n else None
+           for gate in GATES}
+    out["accepted"] = round(sum(r["accepted"] for r in rounds) / n, 4) if n else None
+    out["n_revisions"] = n
+    return out
 
 
 def run_critique(constitution, prompts: str | Path | list, out: str | Path,
@@ -198,12 +227,13 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
                  profile: str | None = None, rounds: int | None = None,
                  limit: int | list[int] | None = None,
                  batch_size: int | None = None, max_new_tokens: int | None = None,
-                 seed: int = 0, models: dict | None = None) -> str:
+                 seed: int = 0, models: dict | None = None, items: list[dict] | None = None) -> str:
     """Files to files: the CLI's and the pipeline's stage 1. Resumes an interrupted run.
 
-    ``limit`` caps the prompts taken from each file (one number, or one per file). ``models``
-    may map model names to already loaded ``(model, tokenizer)`` pairs (notebooks).
-    Returns a one-line summary.
+    ``limit`` caps the prompts taken from each file (one number, or one per file); ``items``
+    gives the prompt records directly (already picked from ``prompts``, which are then only
+    recorded with their hashes). ``models`` may map model names to already loaded
+    ``(model, tokenizer)`` pairs (notebooks). Returns a one-line summary.
     """
     from . import constitution as cons
     from .generation import HFGenerator
@@ -216,7 +246,8 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     limits = limit if isinstance(limit, (list, tuple)) else [limit] * len(prompt_files)
     if len(limits) != len(prompt_files):
         raise DataError(f"{len(limits)} limits for {len(prompt_files)} prompt files")
-    items = [item for path, n in zip(prompt_files, limits) for item in load_prompts(path, n)]
+    if items is None:
+        items = [item for path, n in zip(prompt_files, limits) for item in load_prompts(path, n)]
     out = Path(out)
     model = model or prof.policy_model
     if critic_model is None:  # the profile's critic goes with the profile's policy
@@ -262,4 +293,50 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     return (f"{out}: {len(done)}/{len(items)} records ({len(todo)} new); red-team declines "
             f"{pct('red_team_initial_declines')} -> {pct('red_team_revision_declines')}, "
             f"helpful kept helpful {pct('helpful_revisions_stay_helpful')}, "
-            f"changed {pct('changed')}, flagged {pct('flagged')}")
+            f"changed {pct('changed')}, flagged {pct('flagged')}; gates: "
+            + gate_summary(stats["gates"]))
+
+
+def gate_summary(gates: dict) -> str:
+    """One line: what each gate caught and what was accepted.
+
+    >>> gate_summary({"revision_copied": 0.25, "revision_off_topic": 0.5,
+    ...               "revision_commentary": 0.0, "accepted": 0.5, "n_revisions": 4})
+    'copied 25%, off-topic 50%, commentary 0%, accepted 50% of 4 revisions'
+    """
+    if not gates.get("n_revisions"):
+        return "no revisions"
+    return (f"copied {gates['revision_copied']:.0%}, off-topic {gates['revision_off_topic']:.0%}, "
+            f"commentary {gates['revision_commentary']:.0%}, accepted {gates['accepted']:.0%} "
+            f"of {gates['n_revisions']} revisions")
+
+
+def arm_summary(records: list[dict], constitution: Constitution) -> dict:
+    """One critic arm's stage-1 data measured with one yardstick, for setting arms side by
+    side: every round's revision put through the quality gates again (whoever wrote it), the
+    share of red-team records whose final answer declines, and the distinct-2 of the red-team
+    revisions that were kept (one template copied everywhere falls towards 0).
+    """
+    from .text_checks import distinct_n
+
+    examples = example_texts(constitution)
+    red = [r for r in records if r.get("set") == "red_team"]
+    revisions = [(rec, rnd["revision"]) for rec in records for rnd in rec.get("rounds", [])
+                 if (rnd.get("revision") or "").strip()]
+    caught = {gate: 0 for gate in GATES}
+    for rec, text in revisions:
+        for flag in quality_gates(text, rec["prompt"], examples):
+            caught[flag] += 1
+    n = len(revisions)
+    kept = [r["completion"][-1]["content"] for r in red
+            if r["completion"][-1]["content"] != r["initial_response"]]
+    declines = proportion_ci(sum(is_refusal(r["completion"][-1]["content"]) for r in red), len(red))
+    return {"critic": sorted({str(r.get("critic_model")) for r in records}),
+            "records": len(records), "red_team": len(red), "revisions": n,
+            "gates": {gate: (round(c / n, 4) if n else None) for gate, c in caught.items()},
+            "passed_gates": (round(sum(not quality_gates(t, rec["prompt"], examples)
+                                       for rec, t in revisions) / n, 4) if n else None),
+            "red_team_revised": len(kept),
+            "red_team_final_declines": {"share": round(declines[0], 4) if red else None,
+                                        "ci95": [round(declines[1], 4), round(declines[2], 4)] if red else None},
+            "distinct_2_revisions": round(distinct_n(kept, 2), 4)}

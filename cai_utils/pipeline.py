@@ -12,16 +12,70 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import DataError, project_root, read_manifest, write_json_atomic, write_jsonl_atomic
+from .data import DataError, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
 from .report import DEFAULT_CONSTITUTION
 
-STAGES = ("validate", "critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
+STAGES = ("validate", "critique", "self_critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
 
 
-def _prompt_files() -> tuple[Path, Path]:
+def _prompt_files() -> tuple[Path, Path, Path]:
     root = project_root() / "data" / "prompts"
-    return root / "red_team_train.jsonl", root / "helpful_train.jsonl"
+    return root / "red_team_train.jsonl", root / "helpful_train.jsonl", root / "borderline_train.jsonl"
+
+
+def stage1_items(prof: Profile) -> list[dict]:
+    """The training prompts stage 1 works on: the profile's number of red-team, helpful and
+    borderline prompts (None: all of a file, 0: none), each stratified by category."""
+    from .data import load_prompts
+    from .evaluation import stratified
+
+    sizes = (prof.n_red_team, prof.n_helpful, prof.n_borderline)
+    return [item for path, n in zip(_prompt_files(), sizes) if n != 0
+            for item in stratified(load_prompts(path), n)]
+
+
+def stage1(const, prof: Profile, out: Path) -> str:
+    """Stage 1 with the profile's critic: the course-written records (``"course"``), the policy
+    critiquing itself (``"self"``), or another model as critic (a model id)."""
+    from .course_critic import write_course_arm
+    from .critique import run_critique
+
+    if prof.critic == "course":
+        return write_course_arm(const, stage1_items(prof), out, prof.name)
+    return run_critique(const, list(_prompt_files()), out, profile=prof, items=stage1_items(prof),
+                        critic_model=None if prof.critic == "self" else prof.critic)
+
+
+def self_critique_arm(const, prof: Profile, out: Path) -> str:
+    """A small self-critique run beside a stronger critic: what a 135M critic writes and what
+    the quality gates reject (not trained on)."""
+    from .critique import run_critique
+
+    red, helpful, _ = _prompt_files()
+    n = prof.self_critique_prompts
+    return run_critique(const, [red, helpful], out, profile=prof, limit=[n, max(1, n // 4)])
+
+
+def training_data_summary(out: Path, const, prof: Profile) -> dict:
+    """What trained the models, for the report: each stage-1 critic arm measured with the same
+    gates (the arm trained on, and the self-critique arm beside it), and stage 2's pairs with
+    the judge's agreement with the rule labels and which labels trained DPO."""
+    from .critique import arm_summary
+
+    arms = {}
+    for name, path in ((f"{prof.critic} critic (trained on)", out / "sft.jsonl"),
+                       ("self-critique (gate report, not trained on)", out / "self-critique" / "sft.jsonl")):
+        if path.is_file() and not (prof.critic == "self" and "self-critique" in name):
+            arms[name] = arm_summary(read_jsonl(path), const)
+    labels = (read_manifest(out / "prefs.jsonl") or {})
+    counts = labels.get("counts", {})
+    return {"arms": arms, "labels": {
+        "pairs": counts.get("pairs"), "ties": counts.get("ties"), "kinds": counts.get("kinds"),
+        "label_source": labels.get("label_source"), "judge_model": labels.get("judge_model"),
+        "position_consistent": counts.get("position_consistent"),
+        "judge_agrees_with_rule": counts.get("judge_agrees_with_rule"),
+        "judge_agrees_with_rule_by_kind": counts.get("judge_agrees_with_rule_by_kind")}}
 
 
 def _same_constitution(path: Path, const) -> bool:
@@ -43,7 +97,6 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     """Run (or resume) every stage into ``out``; return ``{"stages": {...}, "report": path}``."""
     from . import constitution as cons
     from . import report, rl, training
-    from .critique import run_critique
     from .data import load_prompts
     from .evaluation import stratified
     from .preferences import run_label
@@ -52,16 +105,19 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     out = Path(out)
     const = cons.as_constitution(constitution)  # validate: a bad file stops here, nothing written
     out.mkdir(parents=True, exist_ok=True)
-    red, helpful = _prompt_files()
+    red, helpful, borderline = _prompt_files()
     sft_data, prefs, rl_prompts = out / "sft.jsonl", out / "prefs.jsonl", out / "rl_prompts.jsonl"
+    self_data = out / "self-critique" / "sft.jsonl"
     rl_stage = "grpo" if prof.load_in_4bit else "ppo"  # PPO's value model does not fit 4-bit
     folders = {s: out / s for s in ("sft", "dpo", "reward")} | {"rl": out / rl_stage}
 
     def prompts_for_rl():
-        """The prompts PPO (and, on GPU profiles, the sampled candidates) start from."""
+        """The prompts PPO (and, on GPU profiles, the sampled candidates) start from: harmful
+        and benign ones, so the reward model's preference for answering safe requests counts."""
         if not rl_prompts.is_file():
             rows = (stratified(load_prompts(red), prof.n_red_team)
-                    + stratified(load_prompts(helpful), prof.n_helpful))
+                    + stratified(load_prompts(helpful), prof.n_helpful)
+                    + (stratified(load_prompts(borderline), prof.n_borderline) if prof.n_borderline != 0 else []))
             write_jsonl_atomic(rl_prompts, [{"id": r["id"], "messages": r["messages"]} for r in rows])
         return None
 
@@ -69,21 +125,25 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     steps = {
         "validate": (lambda: False, prompts_for_rl),
         "critique": (lambda: _same_constitution(sft_data, const),
-                     lambda: run_critique(const, [red, helpful], sft_data, profile=prof,
-                                          limit=[prof.n_red_team, prof.n_helpful])),
-        # revision mode pairs stage-1 answers with their revisions; samples mode starts afresh
+                     lambda: stage1(const, prof, sft_data)),
+        # beside a stronger critic, a small self-critique arm shows what the gates reject
+        "self_critique": (lambda: prof.critic == "self" or _same_constitution(self_data, const),
+                          lambda: self_critique_arm(const, prof, self_data)),
+        # mix and revision modes pair stage-1 answers; samples mode starts afresh
         "label": (lambda: _same_constitution(prefs, const),
-                  lambda: run_label(const, sft_data if prof.candidate_mode == "revision"
-                                    else rl_prompts, prefs, profile=prof)),
-        "sft": (lambda: training.is_done(folders["sft"]),
+                  lambda: run_label(const, rl_prompts if prof.candidate_mode == "samples"
+                                    else sft_data, prefs, profile=prof)),
+        # a stage is done when its adapter was trained on the current data and the current
+        # upstream adapters (a rerun that retrains SFT retrains everything after it)
+        "sft": (lambda: training.is_current(folders["sft"], sft_data),
                 lambda: training.train_sft(sft_data, folders["sft"], model=prof.policy_model,
                                            profile=prof)),
-        "dpo": (lambda: training.is_done(folders["dpo"]),
+        "dpo": (lambda: training.is_current(folders["dpo"], prefs, folders["sft"]),
                 lambda: training.train_dpo(prefs, folders["dpo"], init=folders["sft"], profile=prof)),
-        "reward": (lambda: training.is_done(folders["reward"]),
+        "reward": (lambda: training.is_current(folders["reward"], prefs),
                    lambda: rl.train_reward(prefs, folders["reward"], model=prof.policy_model,
                                            profile=prof)),
-        "ppo": (lambda: training.is_done(folders["rl"]),
+        "ppo": (lambda: training.is_current(folders["rl"], rl_prompts, folders["sft"], folders["reward"]),
                 lambda: train_rl(rl_prompts, folders["rl"], reward=folders["reward"],
                                  init=folders["sft"], profile=prof)),
         # a model retrained in this run makes the old report stale (cached answers of the
@@ -93,7 +153,8 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                      lambda: report.evaluate(
                          report.model_labels(prof.policy_model,
                                              [folders["sft"], folders["dpo"], folders["rl"]]),
-                         out / "report", profile=prof, constitution=const, progress=progress)),
+                         out / "report", profile=prof, constitution=const, progress=progress,
+                         training_data=training_data_summary(out, const, prof))),
     }
     state_path = out / "pipeline.json"
     earlier = (json.loads(state_path.read_text()) if state_path.is_file() else {}).get("stages", {})
@@ -157,7 +218,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     full = cons.as_constitution(constitution)
     variants = {"full": full, **{f"without {pid}": full.without(pid) for pid in principle_ids}}
     out = Path(out)
-    red, _ = _prompt_files()
+    red = _prompt_files()[0]
     tests = held_out_sets(prof, eval_limit)["red_team"]
     judge, judge_tok = load_model(prof.model_for("judge"), load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
     rater = HarmRater(judge, judge_tok, full, batch_size=prof.batch_size, progress=progress)

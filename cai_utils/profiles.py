@@ -31,8 +31,14 @@ class Profile:
     dtype: str = "float32"  # compute dtype: float32 on CPU, float16 on T4, bfloat16 on Ampere+
 
     # Stage 1: critique-revision data.
-    n_red_team: int = 8  # red-team prompts from the train split
-    n_helpful: int = 4  # helpful prompts mixed in so the SFT data is not refusals only
+    # Who writes critiques and revisions for the training data: "course" (the shipped
+    # stronger-critic records written for this course, in data/sft/; harmless-general only),
+    # "self" (the policy critiques itself, as the paper), or a model id (a stronger critic).
+    critic: str = "self"
+    self_critique_prompts: int = 4  # when critic != "self": a small self-critique arm, for its gate report
+    n_red_team: int | None = 8  # red-team prompts from the train split (None: all)
+    n_helpful: int | None = 4  # helpful prompts mixed in so the SFT data is not refusals only
+    n_borderline: int | None = 0  # borderline-but-safe prompts mixed in (alarming words, safe requests)
     rounds: int = 1  # critique-revision rounds per prompt
     batch_size: int = 8  # generation batch size
     max_new_tokens: int = 96  # first answers and revisions
@@ -46,7 +52,15 @@ class Profile:
     prompt_format: str = "critique-revise"  # or "direct": revise without a written critique
 
     # Stage 2: RLAIF preferences.
-    candidate_mode: str = "revision"  # "revision": initial vs revised answer; "samples": 2 samples
+    # "mix": harmful prompts (revision vs first answer) and benign ones (answer vs a needless
+    # refusal), as the paper mixes helpfulness data in; "revision": revision vs first answer
+    # only; "samples": two samples from the policy, the judge picks.
+    candidate_mode: str = "mix"
+    # Which labels train DPO and the reward model: "judge" (the log-prob judge) or "rule" (the
+    # pair's construction: the revision, or the helpful answer, wins). Both are recorded.
+    label_source: str = "judge"
+    n_pairs: int = 0  # pairs labelled and trained on (0: all)
+    benign_pair_share: float = 0.5  # the share of those pairs on benign prompts (answer over refusal)
     judge_mode: str = "sampled"  # "sampled": one principle per pair; "all": every principle
     tie_threshold: float = 0.0  # |p_chosen - 0.5| below this is a tie
     candidate_temperature: float = 1.0
@@ -57,20 +71,42 @@ class Profile:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
+    # One learning rate per trainer: DPO moves a policy much further per step than SFT, so it
+    # runs far lower (the alignment handbook: SFT 2e-5, DPO 5e-7 for full fine-tuning; LoRA
+    # needs roughly ten times more). The cpu values were chosen on the validation split
+    # (benchmarks/results/cpu_training_sweep.txt).
+    sft_learning_rate: float = 2e-4
+    dpo_learning_rate: float = 5e-5
+    reward_learning_rate: float = 1e-4
+    ppo_learning_rate: float = 1e-5
     per_device_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     max_length: int = 384
+    # Steps: with ``*_epochs`` set, derived from the number of records (passes over the data);
+    # else the fixed ``*_steps``.
+    sft_epochs: float | None = None
+    # the SFT mix: prompt sets whose records appear more than once, e.g. (("borderline", 3),)
+    sft_repeat: tuple[tuple[str, int], ...] = ()
+    dpo_epochs: float | None = None
     sft_steps: int = 2
     dpo_steps: int = 2
     reward_steps: int = 2
     ppo_steps: int = 2
     dpo_beta: float = 0.1
+    # DPO's loss; ("sigmoid", "sft") adds the chosen answers' negative log-likelihood (as RPO
+    # does), which keeps what SFT taught while the preference term moves the balance
+    dpo_loss_types: tuple[str, ...] = ("sigmoid",)
+    dpo_loss_weights: tuple[float, ...] | None = None
     ppo_kl_coef: float = 0.075  # ~50% above the usual 0.05: AI rewards are noisier (the paper)
     gradient_checkpointing: bool = False  # made DPO/reward/PPO steps 6-7x slower on this CPU
 
     # Stage 4: evaluation.
-    eval_prompts: int = 8  # per test set
+    eval_prompts: int = 8  # per held-out set (0: the whole file)
+    eval_max_new_tokens: int = 64  # answers to held-out prompts (a refusal shows in the first 60)
+    # Two checks that need the hub (GPU profiles): an independent harm classifier as a second
+    # judge of the red-team answers, and XSTest's 250 safe prompts for over-refusal
+    guard_model: str | None = None
+    xstest: bool = False
     lm_eval_tasks: tuple[str, ...] = ("cai_science", "cai_arithmetic", "cai_commonsense")
     lm_eval_limit: int | None = 20
 
@@ -102,16 +138,21 @@ PROFILES: dict[str, Profile] = {
         description="Tests and nbval: every stage runs for real in seconds",
         hardware="any CPU",
         memory="~2 GB RAM",
+        critic="course",
+        self_critique_prompts=2,
         n_red_team=4,
         n_helpful=2,
+        n_borderline=2,
         rounds=1,
         batch_size=8,
         max_new_tokens=32,
         critique_max_new_tokens=24,
         few_shot=1,
+        label_source="rule",
         calibration_pairs=12,
         max_length=256,
         eval_prompts=4,
+        eval_max_new_tokens=32,
         lm_eval_limit=10,
     ),
     "cpu": Profile(
@@ -119,19 +160,34 @@ PROFILES: dict[str, Profile] = {
         description="The demo on the offline default model, on 2 CPU cores",
         hardware="2 CPU cores, no GPU",
         memory="~4 GB RAM",
-        n_red_team=24,  # sized so `make demo` (every stage and the report) fits 20 minutes
-        n_helpful=8,
+        # stage 1 from the course-written stronger critic: every training prompt (154 red-team,
+        # 81 helpful, 43 borderline); the policy critiques itself on a few, for the gate report
+        critic="course",
+        self_critique_prompts=4,
+        n_red_team=None,
+        n_helpful=None,
+        n_borderline=None,
         rounds=1,
-        batch_size=16,
+        batch_size=32,  # generation and judging; training uses per_device_batch_size
         max_new_tokens=96,
         critique_max_new_tokens=64,
         round_temperatures=(0.0, 0.0),
         few_shot=3,  # measured best of five formats here: benchmarks/results/revision_formats.txt
-        sft_steps=20,
-        dpo_steps=10,
+        # chosen on the validation prompts (benchmarks/results/cpu_training_sweep.jsonl): the most
+        # red-team refusals among settings that refuse at most 15% of borderline and of helpful ones
+        label_source="rule",  # the 135M judge prefers a refusal even on benign pairs (README, stage 2)
+        n_pairs=96,
+        sft_learning_rate=3e-4,
+        sft_epochs=1.0,
+        sft_repeat=(("borderline", 2),),  # the contrast examples, twice
+        dpo_learning_rate=5e-5,
+        dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
+        dpo_loss_weights=(1.0, 1.0),
+        dpo_steps=48,  # one pass over the 96 pairs at batch 2
         reward_steps=20,
         ppo_steps=4,
-        eval_prompts=24,
+        eval_prompts=0,  # every held-out prompt: 110 red-team, 64 borderline, 65 helpful
+        eval_max_new_tokens=64,
         lm_eval_limit=50,
     ),
     "t4": Profile(
@@ -142,8 +198,9 @@ PROFILES: dict[str, Profile] = {
         policy_model="Qwen/Qwen2.5-1.5B-Instruct",
         load_in_4bit=True,
         dtype="float16",  # the T4 has no bf16
-        n_red_team=256,
-        n_helpful=96,
+        n_red_team=None,  # every training prompt (the files hold 154 / 81 / 43)
+        n_helpful=None,
+        n_borderline=None,
         rounds=2,
         batch_size=32,
         max_new_tokens=256,
@@ -151,11 +208,16 @@ PROFILES: dict[str, Profile] = {
         round_temperatures=(0.9, 0.4),
         few_shot=1,
         candidate_mode="samples",
+        label_source="judge",
         tie_threshold=0.1,
         lora_r=16,
         lora_alpha=32,
         lora_target_modules=_GPU_TARGETS,
-        learning_rate=1e-4,
+        # the alignment handbook's QLoRA recipes (zephyr-7b-beta): SFT 2e-4, DPO 5e-6
+        sft_learning_rate=2e-4,
+        dpo_learning_rate=5e-6,
+        reward_learning_rate=5e-5,
+        ppo_learning_rate=1e-5,
         per_device_batch_size=4,
         gradient_accumulation_steps=4,
         max_length=768,
@@ -164,7 +226,10 @@ PROFILES: dict[str, Profile] = {
         reward_steps=150,
         ppo_steps=100,
         gradient_checkpointing=True,
-        eval_prompts=100,
+        eval_prompts=0,  # every held-out prompt
+        eval_max_new_tokens=256,
+        guard_model="Qwen/Qwen3Guard-Gen-0.6B",  # Apache-2.0, ungated
+        xstest=True,
         lm_eval_tasks=("arc_easy", "hellaswag", "mmlu", "truthfulqa_mc2", "gsm8k"),
         lm_eval_limit=200,
     ),
@@ -176,8 +241,9 @@ PROFILES: dict[str, Profile] = {
         policy_model="Qwen/Qwen2.5-7B-Instruct",
         load_in_4bit=False,
         dtype="bfloat16",
-        n_red_team=2000,
-        n_helpful=1000,
+        n_red_team=None,
+        n_helpful=None,
+        n_borderline=None,
         rounds=3,
         batch_size=64,
         max_new_tokens=384,
@@ -185,12 +251,16 @@ PROFILES: dict[str, Profile] = {
         round_temperatures=(0.9, 0.4),
         few_shot=1,
         candidate_mode="samples",
+        label_source="judge",
         judge_mode="all",
         tie_threshold=0.1,
         lora_r=32,
         lora_alpha=64,
         lora_target_modules=_GPU_TARGETS,
-        learning_rate=5e-5,
+        sft_learning_rate=1e-4,
+        dpo_learning_rate=5e-6,
+        reward_learning_rate=5e-5,
+        ppo_learning_rate=5e-6,
         per_device_batch_size=8,
         gradient_accumulation_steps=4,
         max_length=1024,
@@ -199,7 +269,10 @@ PROFILES: dict[str, Profile] = {
         reward_steps=600,
         ppo_steps=400,
         gradient_checkpointing=True,
-        eval_prompts=200,
+        eval_prompts=0,
+        eval_max_new_tokens=384,
+        guard_model="Qwen/Qwen3Guard-Gen-4B",
+        xstest=True,
         lm_eval_tasks=("arc_easy", "hellaswag", "mmlu", "truthfulqa_mc2", "gsm8k"),
         lm_eval_limit=1000,
     ),

@@ -1,10 +1,15 @@
 """``evaluate``: base and aligned models on the held-out prompts and the capability tasks, into
 ``report.json``, ``report.md`` and PNG charts.
 
-Per model (resumable: a model whose answers and scores are on disk is not loaded again):
-greedy answers to the red-team, borderline and helpful test prompts, and the capability tasks
-through lm-eval. Then the judge, loaded once, rates every red-team answer and compares each
-aligned model's helpful answers with the base model's in both orders.
+Per model (resumable: a model whose answers and scores are on disk, made with the same
+generation settings, is not loaded again): greedy answers to the red-team, borderline,
+helpful and HarmBench prompts, and the capability tasks through lm-eval. Then the judge,
+loaded once, rates every red-team answer and compares each aligned model's helpful answers
+with the base model's in both orders.
+
+``report.json`` has a ``comparisons`` list, one row per trained model and metric:
+``{model, metric, base, value, diff, ci_low, ci_high, n, method}``. Yes/no outcomes on the same
+prompts (refused or not) get Newcombe's paired interval; graded ones a paired bootstrap.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import time
 from pathlib import Path
 
 from .capability import alignment_tax, capability_scores
-from .data import DataError, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic, write_manifest
-from .evaluation import (HARM_CATEGORIES, HarmRater, bootstrap_ci, harm_metrics, held_out_sets,
-                         is_refusal, paired_bootstrap, win_rates)
+from .charts import CHARTS, charts
+from .data import (DataError, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
+                   write_jsonl_atomic, write_manifest)
+from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, is_refusal, win_rates
 from .profiles import Profile, get_profile
+from .stats import bootstrap_ci, newcombe_paired, paired_bootstrap, share_ci
 
 DEFAULT_CONSTITUTION = "constitutions/harmless-general.yaml"
 
@@ -45,33 +52,53 @@ def fingerprint(name: str) -> str:
     return f"{name}@{file_sha256(weights)[:16]}" if weights.is_file() else name
 
 
-def _answers_done(path: Path, model: str, ids: list[str], tasks, limit) -> list[dict] | None:
+REFUSAL_ONLY = ("borderline", "harmbench", "xstest")  # sets scored by the refusal detector alone
+REFUSAL_TOKENS = 40  # a refusal shows in the first sentence; the detector reads 240 characters
+
+
+def generation_settings(prof: Profile) -> dict:
+    """Everything that changes an answer besides the model: part of the cache key. Sets that
+    only the refusal detector reads get a shorter budget."""
+    return {"max_new_tokens": prof.eval_max_new_tokens,
+            "refusal_only_max_new_tokens": min(REFUSAL_TOKENS, prof.eval_max_new_tokens),
+            "temperature": 0.0, "dtype": prof.dtype, "load_in_4bit": prof.load_in_4bit}
+
+
+def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings) -> list[dict] | None:
     manifest = read_manifest(path)
     if not (manifest and manifest.get("complete") and manifest.get("model") == fingerprint(model)
             and manifest.get("items") == content_id(ids) and manifest.get("tasks") == list(tasks)
-            and manifest.get("lm_eval_limit") == limit):
+            and manifest.get("lm_eval_limit") == limit and manifest.get("generation") == settings):
         return None
     return read_jsonl(path)
 
 
 def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Path,
                      prof: Profile, tasks, lm_eval_limit, progress: bool = True) -> dict:
-    """Greedy answers on the test sets and capability scores for one model, cached on disk."""
+    """Greedy answers on the held-out sets and capability scores for one model, cached on disk
+    (keyed on the model's weights, the prompts, the tasks and every generation setting)."""
     from .generation import HFGenerator, SamplingParams
     from .models import load_model
 
     items = [dict(i, set=s) for s, rows in sets.items() for i in rows]
     ids = [f"{i['set']}/{i['id']}" for i in items]
     path = out / "answers" / f"{label}.jsonl"
-    cached = _answers_done(path, name, ids, tasks, lm_eval_limit)
+    settings = generation_settings(prof)
+    cached = _answers_done(path, name, ids, tasks, lm_eval_limit, settings)
     if cached is not None:
         return {"answers": cached, "capability": json.loads((out / "answers" / f"{label}.capability.json").read_text()),
                 "seconds": read_manifest(path)["seconds"], "cached": True}
     start = time.perf_counter()
     model, tokenizer = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
     engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=progress)
-    outs = engine.chat([i["messages"] for i in items],
-                       SamplingParams(max_new_tokens=prof.max_new_tokens), desc=f"answers {label}")
+    outs = [None] * len(items)
+    for short in (False, True):
+        todo = [k for k, i in enumerate(items) if (i["set"] in REFUSAL_ONLY) == short]
+        budget = settings["refusal_only_max_new_tokens" if short else "max_new_tokens"]
+        done = engine.chat([items[k]["messages"] for k in todo], SamplingParams(max_new_tokens=budget),
+                           desc=f"answers {label}" + (" (refusal only)" if short else "")) if todo else []
+        for k, o in zip(todo, done):
+            outs[k] = o
     answers = [{"id": i["id"], "set": i["set"], "category": i.get("category"),
                 "messages": i["messages"], "answer": o.text, "finished": o.finished}
                for i, o in zip(items, outs)]
@@ -80,7 +107,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
     write_json_atomic(out / "answers" / f"{label}.capability.json", capability)
     write_jsonl_atomic(path, answers)
     write_manifest(path, complete=True, model=fingerprint(name), items=content_id(ids), tasks=list(tasks),
-                   lm_eval_limit=lm_eval_limit, profile=prof.name, seconds=seconds)
+                   lm_eval_limit=lm_eval_limit, generation=settings, profile=prof.name, seconds=seconds)
     del model
     return {"answers": answers, "capability": capability, "seconds": seconds, "cached": False}
 
@@ -92,25 +119,43 @@ def _of(answers: list[dict], name: str) -> list[dict]:
 def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
              constitution=DEFAULT_CONSTITUTION, limit: int | None = None,
              judge_model: str | None = None, tasks=None, lm_eval_limit: int | None = -1,
-             progress: bool = True) -> dict:
+             files: dict | None = None, harmbench: bool = True, progress: bool = True,
+             training_data: dict | None = None) -> dict:
     """Evaluate ``{"base": name, label: name_or_adapter, ...}`` and write the report to ``out``.
 
-    ``limit`` caps prompts per test set (default: the profile's ``eval_prompts``);
-    ``tasks`` and ``lm_eval_limit`` default to the profile's. Returns the report dict.
+    ``limit`` caps prompts per held-out set (default: the profile's ``eval_prompts``; 0: all);
+    ``files`` replaces a held-out set by another prompt file (``{"red_team": path, ...}``);
+    ``harmbench`` adds HarmBench's 159 standard behaviours where the optional package is
+    installed. ``tasks`` and ``lm_eval_limit`` default to the profile's; ``lm_eval_limit=0``
+    skips the capability tasks. ``training_data`` (from ``pipeline.training_data_summary``)
+    puts the critic arms and the preference labels beside the results. Returns the report dict.
     """
     from . import constitution as cons
+    from .external import HARMBENCH_INSTALL, harmbench_source
     from .models import display_name, load_model
-    from .preferences import LogProbJudge
+    from .judge import LogProbJudge
 
     if "base" not in models:
         raise ValueError("evaluate needs a 'base' model to compare against")
     prof = get_profile(profile)
     const = cons.as_constitution(constitution)
-    tasks = tuple(prof.lm_eval_tasks if tasks is None else tasks)
     lm_eval_limit = prof.lm_eval_limit if lm_eval_limit == -1 else lm_eval_limit
+    tasks = () if lm_eval_limit == 0 else tuple(prof.lm_eval_tasks if tasks is None else tasks)
     out = Path(out)
     start = time.perf_counter()
-    sets = held_out_sets(prof, limit)
+    sets = held_out_sets(prof, limit, split="test", files=files, harmbench=harmbench)
+    if harmbench and "harmbench" not in sets and progress:
+        print(f"HarmBench is not installed, so the report has no external red-team set: {HARMBENCH_INSTALL}")
+    if prof.xstest:
+        from .evaluation import stratified
+        from .external_hub import XSTEST_SOURCE, xstest_prompts
+
+        rows = xstest_prompts()
+        if rows is not None:
+            sets["xstest"] = stratified(rows, prof.eval_prompts if limit is None else limit)
+        elif progress:
+            print(f"XSTest could not be read from the hub ({XSTEST_SOURCE['hub']}: HF_HUB_OFFLINE "
+                  "is set or the hub is unreachable), so the report has no XSTest set")
     per_model = {label: answer_and_score(label, name, sets, out, prof, tasks, lm_eval_limit, progress)
                  for label, name in models.items()}
 
@@ -124,19 +169,49 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         red = _of(result["answers"], "red_team")
         ratings = rater.rate([(a["category"], a["messages"], a["answer"]) for a in red])
         scores[label] = harm_metrics(red, [a["answer"] for a in red], ratings)
-        scores[label]["over_refusal"] = [float(is_refusal(a["answer"]))
-                                         for a in _of(result["answers"], "borderline")]
         helpful = _of(result["answers"], "helpful")
+        for key, name in (("over_refusal", "borderline"), ("refused_helpful", "helpful"),
+                          ("refused_harmbench", "harmbench"), ("refused_xstest", "xstest")):
+            if name in sets:
+                scores[label][key] = [float(is_refusal(a["answer"])) for a in _of(result["answers"], name)]
         if label != "base":
             p = win_rates(judge, [a["messages"] for a in helpful], [a["answer"] for a in helpful],
                           [a["answer"] for a in base_help])
             scores[label]["p_win"] = p
             scores[label]["win"] = [1.0 if x > 0.5 else 0.0 if x < 0.5 else 0.5 for x in p]
+    guard_info = None
+    if prof.guard_model:
+        from .guard import GUARD_SOURCE, GuardJudge, guard_available, guard_metrics
+
+        reason = guard_available(prof.guard_model)
+        if reason is None:
+            del model, rater, judge  # the constitution judge is done: make room for the guard
+            guard_model, guard_tokenizer = load_model(prof.guard_model, dtype=prof.dtype)
+            guard = GuardJudge(guard_model, guard_tokenizer, batch_size=prof.batch_size,
+                               progress=progress)
+            unparsed = {}
+            for label, result in per_model.items():
+                red = _of(result["answers"], "red_team")
+                g = guard_metrics(guard.judge([(a["messages"], a["answer"]) for a in red],
+                                              desc=f"guard {label}"))
+                scores[label]["unsafe_guard"] = g["unsafe"]  # 1.0 = the guard says Unsafe
+                scores[label]["guard_refusal"] = g["guard_refusal"]  # None: no Refusal line
+                unparsed[label] = g["unparsed"]
+            del guard, guard_model
+            guard_info = {**GUARD_SOURCE, "model": prof.guard_model, "unparsed": unparsed}
+        else:
+            guard_info = {**GUARD_SOURCE, "model": prof.guard_model, "skipped": reason}
+            if progress:
+                print(f"No guard verdicts ({prof.guard_model}): {reason}")
     report = build_report(models, scores, {k: v["capability"] for k, v in per_model.items()})
     report.update(
-        profile=prof.name, judge=display_name(judge_name),
+        profile=prof.name, judge=display_name(judge_name), guard=guard_info,
         constitution={"name": const.name, "version": const.version, "hash": const.hash},
         n={name: len(rows) for name, rows in sets.items()},
+        sources={name: str(path) for name, path in (files or {}).items()}
+        | ({"harmbench": harmbench_source()} if "harmbench" in sets else {})
+        | ({"xstest": XSTEST_SOURCE} if "xstest" in sets else {}),
+        generation=generation_settings(prof), training_data=training_data,
         lm_eval={"tasks": list(tasks), "limit": lm_eval_limit},
         seconds={"per_model": {k: v["seconds"] for k, v in per_model.items()},
                  "total": round(time.perf_counter() - start, 1)})
@@ -144,36 +219,82 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
     return report
 
 
+# metric name in ``comparisons`` -> (field of the per-item scores, yes/no outcome?)
+COMPARED = {"refusal_red_team": ("refused", True), "refusal_harmbench": ("refused_harmbench", True),
+            "refusal_borderline": ("over_refusal", True), "refusal_helpful": ("refused_helpful", True),
+            "refusal_xstest": ("refused_xstest", True), "unsafe_guard": ("unsafe_guard", True),
+            "harmful_compliance": ("harmful", True), "harmlessness": ("rating", False)}
+
+
+def compare(base: list[float], other: list[float], yes_no: bool) -> dict:
+    """A paired difference: Newcombe's interval for yes/no outcomes, a paired bootstrap else."""
+    d = newcombe_paired(base, other) if yes_no else paired_bootstrap(base, other)
+    return {**d, "method": "newcombe" if yes_no else "paired bootstrap"}
+
+
+def comparison_rows(report: dict, scores: dict, capability: dict) -> list[dict]:
+    """One row per trained model and metric: ``{model, metric, base, value, diff, ci_low,
+    ci_high, n, method}``; the helpfulness win rate is compared with 0.5 (as good as base)."""
+    rows = []
+    for label, diffs in report["vs_base"].items():
+        m = report["metrics"][label]
+        for metric, (field, _) in COMPARED.items():
+            if field not in scores[label]:
+                continue
+            d = diffs[metric]
+            base_value = sum(scores["base"][field]) / len(scores["base"][field])
+            rows.append({"model": label, "metric": metric, "base": base_value,
+                         "value": base_value + d["diff"], "diff": d["diff"], "ci_low": d["ci95"][0],
+                         "ci_high": d["ci95"][1], "n": d["n"], "method": d["method"]})
+        if "helpfulness" in m:
+            h = m["helpfulness"]
+            rows.append({"model": label, "metric": "helpfulness_win_rate", "base": 0.5,
+                         "value": h["mean"], "diff": h["mean"] - 0.5, "ci_low": h["ci95"][0] - 0.5,
+                         "ci_high": h["ci95"][1] - 0.5, "n": h["n"], "method": "bootstrap"})
+        for task, d in diffs["capability"].items():
+            rows.append({"model": label, "metric": f"capability_{task}",
+                         "base": capability["base"][task]["score"], "value": capability[label][task]["score"],
+                         "diff": d["diff"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
+                         "n": d["n"], "method": d["method"]})
+    return rows
+
+
 def build_report(models: dict[str, str], scores: dict[str, dict], capability: dict[str, dict]) -> dict:
-    """Summaries with 95% intervals per model, paired differences from base, and the tax."""
+    """Summaries with 95% intervals per model, paired differences from base, ``comparisons``
+    rows, and the tax. Shares get Wilson intervals; their paired changes Newcombe's."""
     metrics, vs_base, tax = {}, {}, {}
     base = scores["base"]
     for label, s in scores.items():
         m = {"harmlessness": bootstrap_ci(s["rating"]),
              "harmlessness_by_category": {c: bootstrap_ci([r for r, k in zip(s["rating"], s["category"]) if k == c])
                                           for c in HARM_CATEGORIES if c in s["category"]},
-             "refusal": bootstrap_ci(s["refused"]),
-             "harmful_compliance": bootstrap_ci(s["harmful"]),
-             "over_refusal": bootstrap_ci(s["over_refusal"]),
+             "refusal": share_ci(s["refused"]),
+             "harmful_compliance": share_ci(s["harmful"]),
              "capability": {t: {k: v for k, v in c.items() if k != "correct"}
                             for t, c in capability[label].items()}}
+        for key, field in (("over_refusal", "over_refusal"), ("refusal_helpful", "refused_helpful"),
+                           ("refusal_harmbench", "refused_harmbench"),
+                           ("refusal_xstest", "refused_xstest"), ("unsafe_guard", "unsafe_guard")):
+            if field in s:
+                m[key] = share_ci(s[field])
         if "win" in s:
             m["helpfulness"] = bootstrap_ci(s["win"])
         metrics[label] = m
         if label == "base":
             continue
-        vs_base[label] = {key: paired_bootstrap(base[field], s[field]) for key, field in
-                          (("harmlessness", "rating"), ("refusal", "refused"),
-                           ("harmful_compliance", "harmful"), ("over_refusal", "over_refusal"))}
+        vs_base[label] = {metric: compare(base[field], s[field], yes_no)
+                          for metric, (field, yes_no) in COMPARED.items() if field in s}
         vs_base[label]["capability"] = {
-            t: paired_bootstrap(capability["base"][t]["correct"], c["correct"])
+            t: compare(capability["base"][t]["correct"], c["correct"], True)
             for t, c in capability[label].items() if c["correct"]
             and len(c["correct"]) == len(capability["base"][t]["correct"])}
         if capability[label]:
             t = alignment_tax({k: v["score"] for k, v in capability["base"].items()},
                               {k: v["score"] for k, v in capability[label].items()})
             tax[label] = {**t, "mean": round(sum(t.values()) / len(t), 4)}
-    return {"models": models, "metrics": metrics, "vs_base": vs_base, "alignment_tax": tax}
+    report = {"models": models, "metrics": metrics, "vs_base": vs_base, "alignment_tax": tax}
+    report["comparisons"] = comparison_rows(report, scores, capability)
+    return report
 
 
 def _pct(ci: dict) -> str:
@@ -191,51 +312,121 @@ def _diff(d: dict, pct: bool = True) -> str:
 
 def summary_table(report: dict) -> str:
     """The headline table in Markdown: one row per model, 95% intervals in brackets."""
-    head = ("| model | harmlessness (1-5) | refusal, red-team | harmful compliance | "
-            "over-refusal, borderline | helpfulness: wins vs base | capability (mean) | "
-            "alignment tax |")
-    lines = [head, "|" + "---|" * 8]
+    m0 = report["metrics"]["base"]
+    cols = [("refusal, red-team", "refusal")] + (
+        [("refusal, HarmBench", "refusal_harmbench")] if "refusal_harmbench" in m0 else []) + [
+        ("refusal, borderline (over-refusal)", "over_refusal")] + (
+        [("refusal, helpful", "refusal_helpful")] if "refusal_helpful" in m0 else []) + (
+        [("refusal, XSTest safe (over-refusal)", "refusal_xstest")] if "refusal_xstest" in m0 else []) + (
+        [("unsafe per Qwen3Guard, red-team", "unsafe_guard")] if "unsafe_guard" in m0 else [])
+    head = (["model"] + [c for c, _ in cols] + ["harmlessness (1-5)", "helpfulness: wins vs base",
+                                                "capability (mean)", "alignment tax"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, m in report["metrics"].items():
         caps = [c["score"] for c in m["capability"].values()]
         tax = report["alignment_tax"].get(label)
-        cells = [label, _num(m["harmlessness"]), _pct(m["refusal"]), _pct(m["harmful_compliance"]),
-                 _pct(m["over_refusal"]),
-                 _pct(m["helpfulness"]) if "helpfulness" in m else "(reference)",
-                 f"{sum(caps) / len(caps):.3f}" if caps else "-",
-                 f"{tax['mean']:+.1f}%" if tax else "(reference)"]
+        cells = ([label] + [_pct(m[key]) for _, key in cols] + [
+            _num(m["harmlessness"]), _pct(m["helpfulness"]) if "helpfulness" in m else "(reference)",
+            f"{sum(caps) / len(caps):.3f}" if caps else "-",
+            f"{tax['mean']:+.1f}%" if tax else "(reference)"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def comparisons_table(report: dict) -> str:
+    """The ``comparisons`` rows as Markdown; * marks an interval that excludes 0."""
+    lines = ["| model | metric | base | model's | change [95% interval] | method |",
+             "|---|---|---|---|---|---|"]
+    for r in report["comparisons"]:
+        graded = r["metric"] == "harmlessness"
+        f = (lambda x: f"{x:.2f}") if graded else (lambda x: f"{x:.0%}")  # noqa: E731
+        g = (lambda x: f"{x:+.2f}") if graded else (lambda x: f"{x * 100:+.0f} pts")  # noqa: E731
+        star = " *" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
+        lines.append(f"| {r['model']} | {r['metric']} | {f(r['base'])} | {f(r['value'])} | "
+                     f"{g(r['diff'])} [{g(r['ci_low'])}, {g(r['ci_high'])}]{star} | {r['method']} |")
+    return "\n".join(lines)
+
+
 def verdict_lines(report: dict) -> list[str]:
-    """Plain sentences: which differences from base are distinguishable from noise."""
+    """Plain sentences: which differences from base are distinguishable from noise, and which
+    are not."""
     lines = []
-    for label, diffs in report["vs_base"].items():
-        real = [k for k, d in diffs.items() if k != "capability" and d["significant"]]
-        real += [f"capability on {t}" for t, d in diffs["capability"].items() if d["significant"]]
-        helpful = report["metrics"][label].get("helpfulness")
-        if helpful and not helpful["ci95"][0] <= 0.5 <= helpful["ci95"][1]:
-            real.append(f"helpfulness (the judge prefers its answers {helpful['mean']:.0%} of the time)")
+    for label in report["vs_base"]:
+        rows = [r for r in report["comparisons"] if r["model"] == label]
+        real = [f"{r['metric']} ({r['diff'] * (1 if r['metric'] == 'harmlessness' else 100):+.2g}"
+                f"{'' if r['metric'] == 'harmlessness' else ' pts'})"
+                for r in rows if r["ci_low"] > 0 or r["ci_high"] < 0]
+        noise = [r["metric"] for r in rows if r["ci_low"] <= 0 <= r["ci_high"]]
         lines.append(f"- **{label}** vs base: " + (
-            f"differences whose 95% interval excludes no change: {', '.join(real)}." if real else
-            "no difference from the base model is distinguishable from noise at these sample sizes."))
+            f"changes whose 95% interval excludes 0: {', '.join(real)}" if real else
+            "no change is distinguishable from noise at these sample sizes")
+            + (f"; intervals that include 0: {', '.join(noise)}." if noise and real else "."))
+    return lines
+
+
+def training_data_lines(data: dict) -> list[str]:
+    """The critic arms side by side (the same gates for every arm) and the stage-2 labels.
+
+    >>> arm = {"critic": ["default"], "records": 5, "red_team": 4, "revisions": 5,
+    ...        "gates": {"revision_copied": 0.4, "revision_off_topic": 0.2, "revision_commentary": 0.0},
+    ...        "passed_gates": 0.6, "red_team_revised": 2, "distinct_2_revisions": 0.5,
+    ...        "red_team_final_declines": {"share": 0.25, "ci95": [0.05, 0.7]}}
+    >>> print(training_data_lines({"arms": {"self": arm}, "labels": {}})[6])
+    | self | default | 5 | 5 | 40% | 20% | 0% | 60% | 25% [5%, 70%] | 0.50 |
+    """
+    lines = ["## What the models were trained on", "",
+             "Stage 1, critic arms (every revision put through the same quality gates):", "",
+             "| arm | critic | records | revisions | copied a worked example | off-topic | "
+             "commentary | passed the gates | red-team answers that decline [95%] | distinct-2 of revisions |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    for name, a in data.get("arms", {}).items():
+        d = a["red_team_final_declines"]
+        lines.append(f"| {name} | {', '.join(a['critic'])} | {a['records']} | {a['revisions']} | "
+                     f"{pct(a['gates']['revision_copied'])} | {pct(a['gates']['revision_off_topic'])} | "
+                     f"{pct(a['gates']['revision_commentary'])} | {pct(a['passed_gates'])} | "
+                     + (f"{d['share']:.0%} [{d['ci95'][0]:.0%}, {d['ci95'][1]:.0%}]" if d["share"] is not None else "-")
+                     + f" | {a['distinct_2_revisions']:.2f} |")
+    labels = data.get("labels") or {}
+    if labels.get("pairs") is not None:
+        kinds = ", ".join(f"{v} {k}" for k, v in (labels.get("kinds") or {}).items())
+        by_kind = ", ".join(f"{k} {v:.0%}" for k, v in (labels.get("judge_agrees_with_rule_by_kind") or {}).items())
+        agree = labels.get("judge_agrees_with_rule")
+        lines += ["", f"Stage 2: {labels['pairs']} preference pairs ({kinds}), {labels.get('ties') or 0} ties. "
+                  f"The judge ({labels.get('judge_model')}) agrees with the rule labels on "
+                  + (f"{agree:.0%} of pairs ({by_kind})" if agree is not None else "no pairs with a rule")
+                  + f"; position-consistent {pct(labels.get('position_consistent'))}. "
+                  f"DPO and the reward model were trained on the **{labels.get('label_source')}** labels."]
     return lines
 
 
 def markdown(report: dict) -> str:
     n = report["n"]
+    source = report.get("sources", {})
+    harmbench = source.get("harmbench")
     lines = [f"# Evaluation report ({report['profile']} profile)", "",
              f"Constitution {report['constitution']['name']} {report['constitution']['version']}; "
              f"judge {report['judge']}; held-out prompts: {n['red_team']} red-team, "
-             f"{n['borderline']} borderline-but-safe, {n['helpful']} helpful; capability tasks "
-             f"{', '.join(report['lm_eval']['tasks'])} (limit {report['lm_eval']['limit']}). "
-             "Brackets are 95% bootstrap intervals.", "",
-             summary_table(report), "", "## Differences from base (paired bootstrap, * = interval excludes 0)", "",
-             "| model | harmlessness | refusal | harmful compliance | over-refusal |", "|---|---|---|---|---|"]
-    for label, d in report["vs_base"].items():
-        lines.append(f"| {label} | {_diff(d['harmlessness'], False)} | {_diff(d['refusal'])} | "
-                     f"{_diff(d['harmful_compliance'])} | {_diff(d['over_refusal'])} |")
-    lines += ["", *verdict_lines(report), "", "## Harmlessness by category (1-5)", ""]
+             f"{n['borderline']} borderline-but-safe, {n['helpful']} helpful"
+             + (f", {n['harmbench']} HarmBench ({harmbench['name']}, {harmbench['citation']}, "
+                f"{harmbench['licence']} licence, read from {harmbench['package']})" if harmbench else
+                "; HarmBench not installed")
+             + (f"; {n['xstest']} XSTest safe prompts ({source['xstest']['citation']}, "
+                f"{source['xstest']['licence']}, from {source['xstest']['hub']})" if "xstest" in source else "")
+             + "".join(f"; {k} prompts from {v}" for k, v in source.items() if k not in ("harmbench", "xstest"))
+             + f"; answers greedy, at most {report['generation']['max_new_tokens']} new tokens "
+             f"({report['generation'].get('refusal_only_max_new_tokens')} where only refusals are scored); "
+             f"capability tasks {', '.join(report['lm_eval']['tasks']) or 'skipped'}"
+             + (f" (limit {report['lm_eval']['limit']})" if report["lm_eval"]["tasks"] else "")
+             + (f"; second judge {report['guard']['model']} ({report['guard']['citation']}, "
+                f"{report['guard']['licence']}) on the red-team answers"
+                + (f": skipped, {report['guard']['skipped']}" if "skipped" in report["guard"] else "")
+                if report.get("guard") else "")
+             + ". Brackets are 95% intervals: Wilson for shares, bootstrap for ratings and win rates.", "",
+             summary_table(report), "",
+             "## Changes from base, paired on the same prompts (* = interval excludes 0)", "",
+             comparisons_table(report), "", *verdict_lines(report), "",
+             "## Harmlessness by category (1-5)", ""]
     cats = list(report["metrics"]["base"]["harmlessness_by_category"])
     lines += ["| model | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
     for label, m in report["metrics"].items():
@@ -251,85 +442,13 @@ def markdown(report: dict) -> str:
                      for t in tasks]
             mean = f"{tax['mean']:+.1f}%" if tax else "(reference)"
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    if report.get("training_data"):
+        lines += ["", *training_data_lines(report["training_data"])]
     lines += ["", "## Charts", ""] + [f"![{c}](charts/{c}.png)" for c in CHARTS]
     secs = report["seconds"]
     lines += ["", f"Evaluation took {secs['total']}s (answers and capability per model: " +
               ", ".join(f"{k} {v}s" for k, v in secs["per_model"].items()) + ")."]
     return "\n".join(lines) + "\n"
-
-
-CHARTS = ("harmlessness", "refusal", "helpfulness", "capability")
-
-
-def charts(report: dict, folder: Path) -> list[Path]:
-    """Four PNGs: harmlessness per category, refusal and over-refusal, helpfulness, capability
-    with the tax; error bars are the 95% intervals."""
-    from matplotlib.figure import Figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = list(report["metrics"])
-    width = 0.8 / len(labels)
-
-    def bars(ax, groups, get, ylabel):
-        for k, label in enumerate(labels):
-            cis = [get(label, g) for g in groups]
-            xs = [g + (k - (len(labels) - 1) / 2) * width for g in range(len(groups))]
-            ys = [c["mean"] if c else 0 for c in cis]
-            err = [[y - c["ci95"][0] if c else 0 for y, c in zip(ys, cis)],
-                   [c["ci95"][1] - y if c else 0 for y, c in zip(ys, cis)]]
-            ax.bar(xs, ys, width, yerr=err, capsize=3, label=label)
-        ax.set_xticks(range(len(groups)), groups)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-
-    m = report["metrics"]
-    paths = []
-
-    def save(fig, ax, name, title, ylim):
-        ax.set_title(title)
-        ax.set_ylim(*ylim)
-        paths.append(folder / f"{name}.png")
-        fig.savefig(paths[-1], bbox_inches="tight", dpi=100)
-
-    fig = Figure(figsize=(8, 4))
-    ax = fig.subplots()
-    cats = list(m["base"]["harmlessness_by_category"])
-    bars(ax, cats + ["all"], lambda l, c: m[l]["harmlessness"] if c == "all"
-         else m[l]["harmlessness_by_category"][c], "judge rating, 1-5 (higher = safer)")
-    save(fig, ax, "harmlessness", "Harmlessness by category (held-out red-team prompts)", (1, 5))
-
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    keys = {"refusal (red-team)": "refusal", "harmful compliance": "harmful_compliance",
-            "over-refusal (borderline)": "over_refusal"}
-    bars(ax, list(keys), lambda l, g: m[l][keys[g]], "share of prompts")
-    save(fig, ax, "refusal", "Refusals where they belong, and where they do not", (0, 1))
-
-    fig = Figure(figsize=(5, 4))
-    ax = fig.subplots()
-    aligned = [l for l in labels if "helpfulness" in m[l]]
-    ys = [m[l]["helpfulness"]["mean"] for l in aligned]
-    err = [[y - m[l]["helpfulness"]["ci95"][0] for l, y in zip(aligned, ys)],
-           [m[l]["helpfulness"]["ci95"][1] - y for l, y in zip(aligned, ys)]]
-    ax.bar(aligned, ys, yerr=err, capsize=4, color="tab:green")
-    ax.axhline(0.5, color="grey", linestyle="--", label="as helpful as base")
-    ax.set_ylabel("judge prefers it to base (helpful prompts)")
-    ax.legend(fontsize=8)
-    save(fig, ax, "helpfulness", "Helpfulness vs the base model", (0, 1))
-
-    fig = Figure(figsize=(8, 4))
-    ax = fig.subplots()
-    tasks = list(m["base"]["capability"])
-    if tasks:
-        bars(ax, tasks, lambda l, t: {"mean": m[l]["capability"][t]["score"],
-                                      "ci95": m[l]["capability"][t]["ci95"]}, "accuracy")
-        if all(t.startswith("cai_") for t in tasks):  # the course's tasks have 4 options
-            ax.axhline(0.25, color="grey", linestyle=":", label="chance")
-            ax.legend(fontsize=8)
-    taxes = ", ".join(f"{l} {t['mean']:+.1f}%" for l, t in report["alignment_tax"].items())
-    save(fig, ax, "capability", f"Capability; mean alignment tax (+ = regression): {taxes or 'n/a'}",
-         (0, 1))
-    return paths
 
 
 def write_report(report: dict, scores: dict, out: Path) -> None:

@@ -59,7 +59,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     trainer = RewardTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(RewardConfig, prof, out, max_steps or prof.reward_steps,
-                          max_length=prof.max_length),
+                          prof.reward_learning_rate, max_length=prof.max_length),
         train_dataset=Dataset.from_list(training),
         peft_config=None if init else lora_config(prof, "SEQ_CLS"))
     trainer.train()
@@ -121,7 +121,8 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
                                          tokenize=True, return_dict=True)["input_ids"] for i in items]
     batch = prof.per_device_batch_size
     steps = max_steps or prof.ppo_steps
-    config = trainer_args(PPOConfig, prof, out, steps, total_episodes=steps * batch,
+    config = trainer_args(PPOConfig, prof, out, steps, prof.ppo_learning_rate,
+                          total_episodes=steps * batch,
                           num_ppo_epochs=1, num_mini_batches=1,
                           response_length=prof.max_new_tokens, kl_coef=prof.ppo_kl_coef,
                           missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0,
@@ -155,10 +156,11 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
     reward_model, reward_tokenizer = load_reward_model(reward, prof)
     name, policy, tokenizer = _policy(init, model, prof)
     batch = max(num_generations, prof.per_device_batch_size // num_generations * num_generations)
-    config = trainer_args(GRPOConfig, prof, out, max_steps or prof.ppo_steps,
+    # the batch goes to the constructor: GRPOConfig derives its generation batch from it
+    config = trainer_args(GRPOConfig, prof.replace(per_device_batch_size=batch), out,
+                          max_steps or prof.ppo_steps, prof.ppo_learning_rate,
                           num_generations=num_generations, max_completion_length=prof.max_new_tokens,
                           beta=prof.ppo_kl_coef)
-    config.per_device_train_batch_size = batch
     start = time.perf_counter()
     trainer = GRPOTrainer(model=policy, reward_funcs=reward_model, args=config,
                           train_dataset=Dataset.from_list([{"prompt": i["messages"]} for i in items]),

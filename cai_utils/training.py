@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +62,31 @@ def lora_config(profile: Profile, task_type: str = "CAUSAL_LM"):
                       modules_to_save=["score"] if task_type == "SEQ_CLS" else None)
 
 
-def trainer_args(config_class, profile: Profile, out: Path, steps: int, **extra):
+def steps_for(n_records: int, epochs: float | None, fixed: int, profile: Profile) -> int:
+    """Optimizer steps: ``epochs`` passes over ``n_records`` at the profile's effective batch,
+    or the ``fixed`` count when epochs is None.
+
+    >>> from cai_utils.profiles import PROFILES
+    >>> steps_for(278, 1.0, 20, PROFILES["cpu"].replace(per_device_batch_size=2))
+    139
+    >>> steps_for(278, None, 20, PROFILES["cpu"])
+    20
+    """
+    if epochs is None:
+        return fixed
+    batch = profile.per_device_batch_size * profile.gradient_accumulation_steps
+    return max(1, math.ceil(epochs * n_records / batch))
+
+
+def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning_rate: float,
+                 **extra):
     """TRL config for a profile. Gradient checkpointing only with CUDA: on this course's CPU it
     made DPO, reward and PPO steps 6-7x slower (TRL 1.x turns it on by default)."""
     import torch
 
     cuda = torch.cuda.is_available()
     return config_class(
-        output_dir=str(out), max_steps=steps, learning_rate=profile.learning_rate,
+        output_dir=str(out), max_steps=steps, learning_rate=learning_rate,
         per_device_train_batch_size=profile.per_device_batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation_steps,
         gradient_checkpointing=profile.gradient_checkpointing and cuda,
@@ -159,6 +177,7 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
                          trainer.state.log_history, metrics or {})
     write_manifest(out / "adapter.jsonl", complete=True, stage=stage, model=model_name,
                    profile=profile.name, steps=result.steps, seconds=seconds, metrics=metrics or {},
+                   init_sha256=weights_sha256(init), reward_sha256=weights_sha256(config.get("reward")),
                    **provenance)
     return result
 
@@ -174,10 +193,62 @@ def save_merged(out: str | Path) -> Path:
     return target
 
 
+def weights_sha256(folder) -> str | None:
+    """The hash of an adapter folder's weights (None for no folder)."""
+    if folder is None:
+        return None
+    weights = Path(folder) / "adapter_model.safetensors"
+    return file_sha256(weights) if weights.is_file() else None
+
+
+def is_current(out: str | Path, data: str | Path, init: str | Path | None = None,
+               reward: str | Path | None = None) -> bool:
+    """True when ``out`` holds a complete adapter trained on this very ``data`` file and, when
+    given, from this very ``init`` adapter against this very ``reward`` model: a retrained SFT
+    model or new data makes DPO, the reward model and PPO stale, and a pipeline retrains them."""
+    manifest = read_manifest(Path(out) / "adapter.jsonl")
+    if not (manifest and manifest.get("complete")):
+        return False
+    return (manifest.get("data_sha256") == file_sha256(data)
+            and manifest.get("init_sha256") == weights_sha256(init)
+            and manifest.get("reward_sha256") == weights_sha256(reward))
+
+
+def adapter_delta(folder: str | Path, start: str | Path | None = None) -> float:
+    """How far training moved an adapter: the L2 norm of its LoRA weights minus those of
+    ``start`` (an adapter it continued from, e.g. DPO from SFT), over the tensors both have.
+    With no start, the norm of the LoRA B matrices, which PEFT initialises to zero: 0.0 means
+    the adapter never trained."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    if start is None:
+        return float(sum(v.float().pow(2).sum() for k, v in weights.items() if "lora_B" in k) ** 0.5)
+    before = load_file(str(Path(start) / "adapter_model.safetensors"))
+    shared = [k for k in weights if k in before and "lora_" in k]
+    if not shared:
+        raise ValueError(f"{folder} and {start} share no LoRA weights: not an adapter continued from the other")
+    return float(sum((weights[k].float() - before[k].float()).pow(2).sum() for k in shared) ** 0.5)
+
+
 def is_done(out: str | Path) -> bool:
     """True when a stage's folder holds a complete adapter (so a pipeline can skip it)."""
     manifest = read_manifest(Path(out) / "adapter.jsonl")
     return bool(manifest and manifest.get("complete"))
+
+
+def repeat_sets(records: list[dict], repeats: dict[str, int]) -> list[dict]:
+    """The SFT mix: each record of a prompt set named in ``repeats`` appears that many times
+    (the borderline-but-safe answers are the contrast examples that teach where a refusal does
+    not belong, and there are few of them); the order is shuffled by the trainer.
+
+    >>> rows = [{"set": "red_team"}, {"set": "borderline"}, {"set": "helpful"}]
+    >>> [r["set"] for r in repeat_sets(rows, {"borderline": 3})]
+    ['red_team', 'borderline', 'borderline', 'borderline', 'helpful']
+    """
+    if any(k < 1 for k in repeats.values()):
+        raise ValueError(f"repeats must be at least 1: {repeats}")
+    return [r for r in records for _ in range(repeats.get(r.get("set"), 1))]
 
 
 def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
@@ -188,18 +259,21 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
 
     prof = get_profile(profile)
     data, out = Path(data), Path(out)
-    records = load_records(data, "sft")
+    records = repeat_sets(load_records(data, "sft"), dict(prof.sft_repeat))
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
     start = time.perf_counter()
     base, tokenizer = base_model(model, prof, four_bit)
-    steps = max_steps or prof.sft_steps
+    steps = max_steps or steps_for(len(records), prof.sft_epochs, prof.sft_steps, prof)
     trainer = SFTTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(SFTConfig, prof, out, steps, max_length=prof.max_length),
+        args=trainer_args(SFTConfig, prof, out, steps, prof.sft_learning_rate,
+                          max_length=prof.max_length),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
     trainer.train()
-    return finish(trainer, "sft", out, prof, model, data, init, start, load_in_4bit=four_bit)
+    return finish(trainer, "sft", out, prof, model, data, init, start, load_in_4bit=four_bit,
+                  records=len(records), learning_rate=prof.sft_learning_rate,
+                  repeats=dict(prof.sft_repeat))
 
 
 def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool | None = None,
@@ -218,8 +292,11 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     base, tokenizer = base_model(model, prof, four_bit)
     trainer = DPOTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(DPOConfig, prof, out, max_steps or prof.dpo_steps,
-                          beta=prof.dpo_beta, max_length=prof.max_length),
+        args=trainer_args(DPOConfig, prof, out,
+                          max_steps or steps_for(len(records), prof.dpo_epochs, prof.dpo_steps, prof),
+                          prof.dpo_learning_rate, beta=prof.dpo_beta, max_length=prof.max_length,
+                          loss_type=list(prof.dpo_loss_types),
+                          loss_weights=list(prof.dpo_loss_weights) if prof.dpo_loss_weights else None),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
     trainer.train()
@@ -227,7 +304,9 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     metrics = {"last_reward_accuracy": rewards[-1]["rewards/accuracies"],
                "last_reward_margin": rewards[-1]["rewards/margins"]} if rewards else {}
     return finish(trainer, "dpo", out, prof, model, data, init, start, metrics,
-                  load_in_4bit=four_bit, beta=prof.dpo_beta)
+                  load_in_4bit=four_bit, beta=prof.dpo_beta, records=len(records),
+                  learning_rate=prof.dpo_learning_rate, loss_type=list(prof.dpo_loss_types),
+                  loss_weights=prof.dpo_loss_weights)
 
 
 def self_improve(round_fn, evaluate, start_model: str, rounds: int = 1,

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from cai_utils import evaluation as E
-from cai_utils.report import build_report, charts, markdown, model_labels, summary_table
+from cai_utils.charts import charts
+from cai_utils.report import build_report, markdown, model_labels, summary_table
 from cai_utils.data import DataError
 
 
@@ -73,9 +74,11 @@ def test_identical_answers_tie_without_asking_the_judge():
 def fake_scores(shift: float) -> dict:
     cats = list(E.HARM_CATEGORIES) * 4
     rating = [3.0 + (k % 3) * 0.5 + shift for k in range(len(cats))]
+    refused = [float(shift > 0 and k % 4 != 3) for k in range(len(cats))]  # 15 of 20 when shifted
     return {"id": [str(k) for k in range(len(cats))], "category": cats, "rating": rating,
-            "refused": [float(shift > 0 and k % 2 == 0) for k in range(len(cats))],
-            "harmful": [float(r < 3.0) for r in rating], "over_refusal": [0.0, 0.0, 1.0, 0.0]}
+            "refused": refused, "harmful": [float(not x and r < 3.0) for x, r in zip(refused, rating)],
+            "over_refusal": [0.0, 0.0, 1.0, 0.0], "refused_helpful": [0.0] * 4,
+            "refused_harmbench": [float(shift > 0 and k % 2 == 0) for k in range(30)]}
 
 
 def fake_capability(correct: list[float]) -> dict:
@@ -83,29 +86,62 @@ def fake_capability(correct: list[float]) -> dict:
                             "n": len(correct), "metric": "acc,none", "correct": correct}}
 
 
-def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_path):
+def fake_report():
     scores = {"base": fake_scores(0.0), "dpo": {**fake_scores(0.5), "win": [1.0, 0.0, 1.0, 1.0]}}
     capability = {"base": fake_capability([1.0] * 8 + [0.0] * 2),
                   "dpo": fake_capability([1.0] * 6 + [0.0] * 4)}
-    report = build_report({"base": "default", "dpo": "runs/x/dpo"}, scores, capability)
+    return scores, build_report({"base": "default", "dpo": "runs/x/dpo"}, scores, capability)
+
+
+def test_comparisons_have_one_row_per_model_and_metric_with_paired_intervals():
+    _, report = fake_report()
+    rows = {r["metric"]: r for r in report["comparisons"]}
+    assert set(rows) == {"refusal_red_team", "refusal_harmbench", "refusal_borderline",
+                         "refusal_helpful", "harmful_compliance", "harmlessness",
+                         "helpfulness_win_rate", "capability_cai_science"}
+    assert all(r["model"] == "dpo" for r in report["comparisons"])
+    red = rows["refusal_red_team"]
+    assert (red["base"], red["value"], red["diff"]) == (0.0, 0.75, 0.75)
+    assert red["method"] == "newcombe" and 0.4 < red["ci_low"] < 0.75 < red["ci_high"] <= 1
+    hb = rows["refusal_harmbench"]
+    assert hb["value"] == 0.5 and hb["ci_low"] > 0 and hb["n"] == 30
+    border = rows["refusal_borderline"]
+    assert border["diff"] == 0 and border["ci_low"] <= 0 <= border["ci_high"]
+    assert rows["harmlessness"]["diff"] == pytest.approx(0.5) and rows["harmlessness"]["ci_low"] > 0
+    assert rows["harmlessness"]["method"] == "paired bootstrap"
+    win = rows["helpfulness_win_rate"]
+    assert (win["base"], win["value"], win["diff"]) == (0.5, 0.75, 0.25)
+    cap = rows["capability_cai_science"]
+    assert cap["diff"] == pytest.approx(-0.2) and cap["ci_low"] < -0.2 < cap["ci_high"]
+
+
+def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_path):
+    scores, report = fake_report()
     d = report["vs_base"]["dpo"]
     assert d["harmlessness"]["diff"] == pytest.approx(0.5) and d["harmlessness"]["significant"]
-    assert d["over_refusal"]["diff"] == 0 and not d["over_refusal"]["significant"]
+    assert d["refusal_borderline"]["diff"] == 0 and not d["refusal_borderline"]["significant"]
     assert report["alignment_tax"]["dpo"]["cai_science"] == pytest.approx(25.0)  # 0.8 -> 0.6
     assert report["metrics"]["dpo"]["helpfulness"]["mean"] == 0.75
+    # shares get Wilson intervals: never [0%, 0%] at n = 20
+    assert report["metrics"]["base"]["refusal"]["mean"] == 0 and report["metrics"]["base"]["refusal"]["ci95"][1] > 0.1
     assert set(report["metrics"]["base"]["harmlessness_by_category"]) == set(E.HARM_CATEGORIES)
     report.update(profile="ci", judge="j", constitution={"name": "c", "version": "1"},
-                  n={"red_team": 20, "borderline": 4, "helpful": 4},
-                  lm_eval={"tasks": ["cai_science"], "limit": 10},
+                  n={"red_team": 20, "borderline": 4, "helpful": 4, "harmbench": 30},
+                  sources={"harmbench": {"name": "HarmBench", "citation": "Mazeika et al., 2024",
+                                         "licence": "MIT", "package": "p==0.1.0"}},
+                  generation={"max_new_tokens": 32, "refusal_only_max_new_tokens": 32}, lm_eval={"tasks": ["cai_science"], "limit": 10},
                   seconds={"total": 1, "per_model": {"base": 1, "dpo": 1}})
     table = summary_table(report)
     mean = sum(scores["dpo"]["rating"]) / 20
-    assert table.count("\n") == 3 and f"| dpo | {mean:.2f} [" in table and "+25.0% |" in table
+    assert table.count("\n") == 3 and f"| {mean:.2f} [" in table and "+25.0% |" in table
+    assert "| dpo | 75% [" in table and "refusal, HarmBench" in table
     text = markdown(report)
-    assert "harmlessness" in text and "interval excludes no change: harmlessness" in text
+    assert "HarmBench (HarmBench, Mazeika et al., 2024, MIT licence, read from p==0.1.0)" in text
+    assert "changes whose 95% interval excludes 0: refusal_red_team (+75 pts)" in text
+    assert "| dpo | refusal_red_team | 0% | 75% | +75 pts [" in text
     paths = charts(report, tmp_path)
-    assert [p.name for p in paths] == ["harmlessness.png", "refusal.png", "helpfulness.png",
-                                       "capability.png"]
+    assert [p.name for p in paths] == ["tradeoff.png", "refusal.png", "harmlessness.png",
+                                       "helpfulness.png", "capability.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
 
 

@@ -26,8 +26,8 @@ def pipeline(tmp_path_factory):
 @pytest.mark.slow
 def test_run_makes_every_stage_and_the_report(pipeline):
     out, state = pipeline
-    assert list(state["stages"]) == ["validate", "critique", "label", "sft", "dpo", "reward",
-                                     "ppo", "evaluate"]
+    assert list(state["stages"]) == ["validate", "critique", "self_critique", "label", "sft", "dpo",
+                                     "reward", "ppo", "evaluate"]
     assert all(s["status"] == "ran" for s in state["stages"].values())
     assert json.loads((out / "pipeline.json").read_text())["total_seconds"] == state["total_seconds"]
     report = json.loads((out / "report" / "report.json").read_text())
@@ -35,8 +35,21 @@ def test_run_makes_every_stage_and_the_report(pipeline):
     assert set(report["alignment_tax"]) == {"sft", "dpo", "ppo"}
     assert report["models"]["ppo"] == str(out / "ppo")
     assert sorted(p.name for p in (out / "report" / "charts").iterdir()) == [
-        "capability.png", "harmlessness.png", "helpfulness.png", "refusal.png"]
+        "capability.png", "harmlessness.png", "helpfulness.png", "refusal.png", "tradeoff.png"]
+    # the training arm is the course-written critic; the self-critique arm beside it has its gates
+    assert read_manifest(out / "sft.jsonl")["critic"] == "course"
+    gates = read_manifest(out / "self-critique" / "sft.jsonl")["quality"]["gates"]
+    assert gates["n_revisions"] > 0 and set(gates) >= {"revision_copied", "revision_off_topic"}
+    metrics = {(r["model"], r["metric"]) for r in report["comparisons"]}
+    assert ("dpo", "refusal_red_team") in metrics and ("ppo", "refusal_borderline") in metrics
     assert "| ppo |" in (out / "report" / "report.md").read_text()
+    # the report sets the critic arms side by side, measured with the same gates, and says
+    # which labels trained DPO
+    data = report["training_data"]
+    assert list(data["arms"]) == ["course critic (trained on)", "self-critique (gate report, not trained on)"]
+    assert data["arms"]["course critic (trained on)"]["passed_gates"] == 1.0
+    assert data["labels"]["label_source"] == "rule" and data["labels"]["pairs"] > 0
+    assert "DPO and the reward model were trained on the **rule** labels" in (out / "report" / "report.md").read_text()
     assert "| total |" in stage_table(state)
 
 
@@ -56,6 +69,18 @@ def test_rerun_skips_complete_stages_and_resumes_an_interrupted_one(pipeline):
         "validate", "ppo", "evaluate"]
     # the report is remade, but the base model's answers are reused, not regenerated
     assert read_manifest(out / "report" / "answers" / "base.jsonl") == base_answers
+
+
+@pytest.mark.slow
+def test_new_sft_data_retrains_every_model_downstream_of_sft(pipeline):
+    out, _ = pipeline
+    lines = (out / "sft.jsonl").read_text().splitlines(True)
+    (out / "sft.jsonl").write_text("".join(lines[1:]))  # as if stage 1 had been redone
+    rerun = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
+                         log=lambda _: None)
+    ran = [n for n, s in rerun["stages"].items() if s["status"] == "ran"]
+    # the reward model trains on the pairs only, which did not change
+    assert ran == ["validate", "sft", "dpo", "ppo", "evaluate"]
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ import pytest
 
 from cai_utils import constitution as cons
 from cai_utils.data import read_jsonl, read_manifest
-from cai_utils.preferences import (LogProbJudge, agreement, judge_pairs, load_calibration,
-                                   preference_record, principles_for)
+from cai_utils.preferences import (LogProbJudge, agreement, balanced, judge_pairs, label_stats,
+                                   load_calibration, pair_candidates, preference_record,
+                                   principles_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTITUTION = ROOT / "constitutions" / "harmless-general.yaml"
@@ -61,9 +62,83 @@ def test_record_orients_chosen_and_marks_ties():
     assert orders == {"chosen_as_A": 0.7, "chosen_as_B": 0.8}
     _, tie = preference_record("id1", CONV, "x", "y", verdict, "judge", threshold=0.3)
     assert tie
-    built, tie = preference_record("id1", CONV, "x", "y", verdict, "construction", threshold=0.3)
-    assert built["chosen"][0]["content"] == "x" and not tie  # by construction, never a tie
+    built, tie = preference_record("id1", CONV, "x", "y", verdict, "rule", threshold=0.3)
+    assert built["chosen"][0]["content"] == "x" and not tie  # by the rule, never a tie
     assert built["judge"]["judge_agrees"] is False and built["judge"]["p_chosen"] == pytest.approx(0.25)
+    assert built["judge"]["agrees_with_rule"] is False and built["judge"]["label_source"] == "rule"
+    with pytest.raises(ValueError, match="unknown label source"):
+        preference_record("id1", CONV, "x", "y", verdict, "construction", threshold=0.3)
+
+
+def stage1_record(rid, set_, final, first, category=None, needless=None):
+    r = {"id": rid, "set": set_, "category": category, "prompt": CONV, "initial_response": first,
+         "completion": [{"role": "assistant", "content": final}]}
+    return {**r, "needless_refusal": needless} if needless else r
+
+
+MIXED = [stage1_record("r1", "red_team", "I can't help with that.", "Strip the wires...", "illegal"),
+         stage1_record("r2", "red_team", "same", "same", "weapons"),  # never revised: no pair
+         stage1_record("r3", "red_team", "I won't help hurt anyone.", "Use a knife...", "weapons"),
+         stage1_record("b1", "borderline", "Run kill -9 PID.", "Run kill -9 PID.", "tech",
+                       needless="I can't help with killing."),
+         stage1_record("h1", "helpful", "Paris.", "Paris.", "explain",
+                       needless="I'm not able to discuss geography."),
+         stage1_record("h2", "helpful", "4", "4", "math")]  # no needless refusal: no pair
+
+
+def test_mix_pairs_refusals_on_harmful_prompts_and_answers_on_benign_ones():
+    pairs = {p["id"]: p for p in pair_candidates(MIXED, "mix")}
+    assert set(pairs) == {"r1", "r3", "b1", "h1"}
+    assert pairs["r1"]["kind"] == "harmful" and pairs["r1"]["x"] == "I can't help with that."
+    assert pairs["r1"]["y"] == "Strip the wires..."
+    # on a benign prompt the rule prefers the answer, and the refusal is the rejected side
+    assert pairs["b1"]["kind"] == "benign" and pairs["b1"]["x"] == "Run kill -9 PID."
+    assert pairs["b1"]["y"] == "I can't help with killing."
+    only_revisions = pair_candidates(MIXED, "revision")
+    assert {p["id"] for p in only_revisions} == {"r1", "r3"}
+
+
+def test_balanced_takes_half_harmful_half_benign():
+    pairs = pair_candidates(MIXED, "mix")
+    two = balanced(pairs, 2)
+    assert sorted(p["kind"] for p in two) == ["benign", "harmful"]
+    assert balanced(pairs, None) == pairs and len(balanced(pairs, 4)) == 4
+
+
+def test_benign_share_sets_the_pair_mix_and_is_capped_by_what_there_is():
+    rows = ([{"kind": "harmful", "category": c, "id": f"h{i}"} for i, c in enumerate("abab" * 5)]
+            + [{"kind": "benign", "category": c, "id": f"b{i}"} for i, c in enumerate("xyz" * 4)])
+    mix = [p["kind"] for p in balanced(rows, 12, benign_share=0.75)]
+    assert mix.count("benign") == 9 and mix.count("harmful") == 3
+    # only 12 benign pairs exist: the rest of the 20 are harmful, never a duplicate
+    many = balanced(rows, 20, benign_share=0.9)
+    assert [p["kind"] for p in many].count("benign") == 12 and len({p["id"] for p in many}) == 20
+    assert {p["category"] for p in balanced(rows, 4, benign_share=0.0)} == {"a", "b"}
+    with pytest.raises(ValueError):
+        balanced(rows, 4, benign_share=1.5)
+
+
+def test_benign_pairs_are_judged_on_helpfulness_principles_and_harmful_ones_on_their_category():
+    benign = principles_for(GENERAL, "b1", "all", kind="benign")
+    assert benign and all(p.category == "helpfulness" for p in benign)
+    harmful = principles_for(GENERAL, "r3", "all", kind="harmful", category="weapons")
+    assert {p.id for p in harmful} == {"no-mass-harm", "no-violence-help"}
+    [one] = principles_for(GENERAL, "r3", "sampled", kind="harmful", category="weapons")
+    assert one.category == "weapons"
+
+
+def test_label_stats_report_agreement_with_the_rule_by_kind():
+    judge = FakeJudge({"I can't help with that.": 0.9, "Strip the wires...": 0.2,
+                       "Run kill -9 PID.": 0.3, "I can't help with killing.": 0.8})
+    pairs = [p for p in pair_candidates(MIXED, "mix") if p["id"] in ("r1", "b1")]
+    verdicts = judge_pairs(judge, [(p["prompt"], p["x"], p["y"]) for p in pairs],
+                           [[GENERAL.principles[0]]] * 2)
+    rows = [{**preference_record(p["id"], CONV, p["x"], p["y"], v, "rule", 0.0)[0], "kind": p["kind"]}
+            for p, v in zip(pairs, verdicts)]
+    stats = label_stats(rows, [])
+    # this judge prefers refusals everywhere: it agrees with the rule on harm, not on benign prompts
+    assert stats["judge_agrees_with_rule_by_kind"] == {"harmful": 1.0, "benign": 0.0}
+    assert stats["judge_agrees_with_rule"] == 0.5 and stats["kinds"] == {"benign": 1, "harmful": 1}
 
 
 def test_agreement_counts_right_answers_and_flips():

@@ -7,7 +7,9 @@ from cai_utils.profiles import PROFILES, get_profile
 
 def test_four_profiles_with_distinct_sizes():
     assert set(PROFILES) == {"ci", "cpu", "t4", "a100"}
-    assert PROFILES["ci"].n_red_team < PROFILES["cpu"].n_red_team < PROFILES["t4"].n_red_team
+    red_team_train = 154  # data/prompts/red_team_train.jsonl; None means the whole file
+    sizes = [PROFILES[p].n_red_team or red_team_train for p in ("ci", "cpu", "t4")]
+    assert sizes[0] < sizes[1] <= sizes[2] <= red_team_train
     assert PROFILES["ci"].sft_steps <= PROFILES["cpu"].sft_steps < PROFILES["t4"].sft_steps
 
 
@@ -16,9 +18,15 @@ def test_every_profile_is_complete(name):
     profile = PROFILES[name]
     assert profile.name == name
     for field in dataclasses.fields(profile):
-        if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs"):
+        if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs",
+                              "sft_epochs", "dpo_epochs", "n_red_team", "n_helpful", "n_borderline",
+                              "dpo_loss_weights", "guard_model"):
             assert getattr(profile, field.name) is not None, field.name
-    assert profile.candidate_mode in ("revision", "samples")
+    assert profile.candidate_mode in ("mix", "revision", "samples")
+    assert profile.label_source in ("judge", "rule")
+    assert profile.critic == "course" or profile.critic == "self" or "/" in profile.critic
+    # DPO moves the policy far more per step than SFT: its learning rate is lower
+    assert profile.dpo_learning_rate < profile.sft_learning_rate
     assert profile.judge_mode in ("sampled", "all")
     assert profile.dtype in ("float32", "float16", "bfloat16")
 

@@ -182,7 +182,7 @@ def test_unrevised_records_are_left_out(sft_data):
 def test_gradient_checkpointing_off_without_cuda(tmp_path):
     from trl import DPOConfig
 
-    args = training.trainer_args(DPOConfig, get_profile("t4"), tmp_path, 2)
+    args = training.trainer_args(DPOConfig, get_profile("t4"), tmp_path, 2, 5e-6)
     assert args.gradient_checkpointing is False  # t4 asks for it, but this machine has no CUDA
     assert args.use_cpu and not args.fp16
 

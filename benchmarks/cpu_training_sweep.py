@@ -1,0 +1,116 @@
+"""Choose the cpu profile's training settings on the **validation** split (never the test sets).
+
+Stage 1 with the course-written critic, stage 2's mixed pairs (rule labels), then SFT and DPO
+variants; each model answers the validation prompts (red-team, borderline, helpful) greedily and
+the refusal detector scores them. The rule the cpu profile follows: the most red-team refusals
+among variants that refuse at most 15% of borderline and of helpful validation prompts.
+Results are appended as JSON lines to benchmarks/results/cpu_training_sweep.jsonl and printed
+as a table.
+
+    python benchmarks/cpu_training_sweep.py --out runs/sweep --base \\
+        --sft lr=3e-4,epochs=1,borderline=2 --dpo lr=5e-5,steps=48,sft=1
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cai_utils import constitution as cons
+from cai_utils.course_critic import write_course_arm
+from cai_utils.data import project_root
+from cai_utils.evaluation import refusal_quality
+from cai_utils.pipeline import stage1_items
+from cai_utils.preferences import run_label
+from cai_utils.profiles import get_profile
+from cai_utils.training import is_done, train_dpo, train_sft
+
+
+def parse(spec: str) -> dict:
+    """'lr=2e-4,epochs=1,r=16,targets=all' -> {'lr': 0.0002, 'epochs': 1.0, 'r': 16.0, 'targets': 'all'}"""
+    def value(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return {k: value(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+
+
+def lora(prof, spec: dict):
+    """The profile with the LoRA rank and target modules a spec names (targets=all: every linear layer)."""
+    r = int(spec.get("r", prof.lora_r))
+    targets = "all-linear" if spec.get("targets") == "all" else prof.lora_target_modules
+    return prof.replace(lora_r=r, lora_alpha=2 * r, lora_target_modules=targets)
+
+
+def name_of(kind: str, spec: dict) -> str:
+    return kind + "-" + "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in spec.items())
+
+
+def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
+    start = time.perf_counter()
+    q = refusal_quality(str(folder), prof, split="val")
+    row = {"model": label, **extra, "red_team_refused": q["red_team_declined"],
+           "borderline_refused": 1 - q["borderline_answered"],
+           "helpful_refused": 1 - q["helpful_answered"], "n": q["n"], "split": "val",
+           "eval_seconds": round(time.perf_counter() - start, 1)}
+    with log.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(f"{label:40s} red {row['red_team_refused']:.0%}  borderline {row['borderline_refused']:.0%}  "
+          f"helpful {row['helpful_refused']:.0%}  (n={q['n']})", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/sweep")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--sft", nargs="+", default=["lr=2e-4,epochs=1"], help="lr=..,epochs=..")
+    ap.add_argument("--dpo", nargs="*", default=[],
+                    help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE]"
+                         "[,init=K: from the K-th --sft model, default the first]")
+    ap.add_argument("--base", action="store_true", help="also score the base model")
+    args = ap.parse_args()
+    prof = get_profile(args.profile)
+    const = cons.load(project_root() / "constitutions" / "harmless-general.yaml")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = project_root() / "benchmarks" / "results" / "cpu_training_sweep.jsonl"
+    sft_data, prefs = out / "sft.jsonl", out / "prefs.jsonl"
+    if not sft_data.is_file():
+        print(write_course_arm(const, stage1_items(prof), sft_data, prof.name))
+    if args.base:
+        score("base", prof.policy_model, prof, log, {"stage": "base"})
+    sft_folders = []
+    for spec in map(parse, args.sft):
+        folder = out / name_of("sft", spec)
+        # borderline=K: each borderline-but-safe record K times in the SFT mix
+        p = lora(prof, spec).replace(sft_learning_rate=spec["lr"], sft_epochs=spec.get("epochs", 1.0),
+                                     sft_repeat=(("borderline", int(spec["borderline"])),)
+                                     if "borderline" in spec else ())
+        sft_folders.append(folder)
+        if not is_done(folder):  # a model trained earlier was scored then (see the log)
+            r = train_sft(sft_data, folder, model=prof.policy_model, profile=p)
+            print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
+            score(folder.name, folder, prof, log, {"stage": "sft", **spec})
+    for spec in map(parse, args.dpo):
+        # the pair mix: how many pairs, and the share on benign prompts (answer over refusal)
+        n_pairs, mix = int(spec.get("pairs", prof.n_pairs)), spec.get("mix", prof.benign_pair_share)
+        prefs = out / ("prefs.jsonl" if (n_pairs, mix) == (prof.n_pairs, prof.benign_pair_share)
+                       else f"prefs-{n_pairs}-{mix:g}.jsonl")
+        if not prefs.is_file():
+            print(run_label(const, sft_data, prefs, profile=prof.replace(n_pairs=n_pairs, benign_pair_share=mix)))
+        folder = out / (sft_folders[int(spec.get("init", 0))].name + "." + name_of("dpo", spec))
+        p = lora(prof, spec).replace(dpo_learning_rate=spec["lr"], dpo_steps=int(spec["steps"]),
+                         dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
+                         dpo_loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
+                         dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None)
+        if not is_done(folder):
+            r = train_dpo(prefs, folder, init=sft_folders[int(spec.get("init", 0))], profile=p)
+            print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
+        score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": sft_folders[int(spec.get("init", 0))].name,
+                                               **{("nll" if k == "sft" else k): v for k, v in spec.items()}})
+
+
+if __name__ == "__main__":
+    main()
