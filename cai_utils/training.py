@@ -34,8 +34,9 @@ class TrainResult:
     metrics: dict
 
 
-def load_records(path, stage: str) -> list[dict]:
-    """Training records for a stage, checked before any model loads (one-line DataErrors)."""
+def load_records(path, stage: str, repeats: dict[str, int] | None = None) -> list[dict]:
+    """Training records for a stage, checked before any model loads (one-line DataErrors);
+    ``repeats`` applies the SFT mix (``repeat_sets``) while the records still carry their set."""
     records = read_jsonl(path)
     if not records:
         raise DataError(f"{path}: no records in the file")
@@ -49,7 +50,7 @@ def load_records(path, stage: str) -> list[dict]:
         records = [r for r in records if "unrevised" not in r.get("flags", [])]
         if not records:
             raise DataError(f"{path}: every record is flagged 'unrevised': nothing to learn from")
-    return [{key: r[key] for key in NEEDS[stage]} for r in records]
+    return [{key: r[key] for key in NEEDS[stage]} for r in repeat_sets(records, repeats or {})]
 
 
 def lora_config(profile: Profile, task_type: str = "CAUSAL_LM"):
@@ -259,7 +260,7 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
 
     prof = get_profile(profile)
     data, out = Path(data), Path(out)
-    records = repeat_sets(load_records(data, "sft"), dict(prof.sft_repeat))
+    records = load_records(data, "sft", dict(prof.sft_repeat))
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
     start = time.perf_counter()
     base, tokenizer = base_model(model, prof, four_bit)

@@ -179,6 +179,21 @@ def test_unrevised_records_are_left_out(sft_data):
                                     [r for r in read_jsonl(sft_data) if r["flags"]]), "sft")
 
 
+def test_the_sft_mix_repeats_a_set_before_the_records_lose_their_set(tmp_path):
+    rows = [{"id": f"{s}{i}", "set": s, "prompt": [{"role": "user", "content": "q"}],
+             "completion": [{"role": "assistant", "content": "a"}], "flags": []}
+            for s, n in (("red_team", 3), ("borderline", 2), ("helpful", 1)) for i in range(n)]
+    data = write(tmp_path / "mix.jsonl", rows)
+    assert len(training.load_records(data, "sft")) == 6
+    mixed = training.load_records(data, "sft", {"borderline": 2})
+    assert len(mixed) == 8 and set(mixed[0]) == {"prompt", "completion"}
+    # the cpu profile's mix reaches the trainer: its step count follows the repeated records
+    cpu = get_profile("cpu")
+    assert dict(cpu.sft_repeat) == {"borderline": 2}
+    assert training.steps_for(len(training.load_records(data, "sft", dict(cpu.sft_repeat))),
+                              cpu.sft_epochs, cpu.sft_steps, cpu) == 4
+
+
 def test_gradient_checkpointing_off_without_cuda(tmp_path):
     from trl import DPOConfig
 
