@@ -122,6 +122,10 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
         return None
 
     train_rl = rl.train_grpo if rl_stage == "grpo" else rl.train_ppo
+
+    def report_models() -> dict:  # called once the adapters exist (model_labels checks them)
+        return report.model_labels(prof.policy_model, [folders["sft"], folders["dpo"]]
+                                   + ([folders["rl"]] if prof.rl else []))
     steps = {
         "validate": (lambda: False, prompts_for_rl),
         "critique": (lambda: _same_constitution(sft_data, const),
@@ -148,12 +152,10 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                  init=folders["sft"], profile=prof)),
         # a model retrained in this run makes the old report stale (cached answers of the
         # models that did not change are reused)
-        "evaluate": (lambda: report.is_done(out / "report") and not any(
+        "evaluate": (lambda: report.is_done(out / "report", report_models()) and not any(
             s["status"] == "ran" for n, s in state["stages"].items() if n != "validate"),
                      lambda: report.evaluate(
-                         report.model_labels(prof.policy_model,
-                                             [folders["sft"], folders["dpo"], folders["rl"]]),
-                         out / "report", profile=prof, constitution=const, progress=progress,
+                         report_models(), out / "report", profile=prof, constitution=const, progress=progress,
                          training_data=training_data_summary(out, const, prof))),
     }
     state_path = out / "pipeline.json"
@@ -163,6 +165,10 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     for stage in STAGES:
         done, run = steps[stage]
         name = rl_stage if stage == "ppo" else stage
+        if stage in ("reward", "ppo") and not prof.rl:  # a profile sized without the RL stage
+            state["stages"][name] = {"status": "skipped (rl=False in this profile)", "seconds": 0.0}
+            log(f"[{name}] not in the {prof.name} profile (rl=False), skipped")
+            continue
         if done():
             state["stages"][name] = {"status": "skipped (already complete)", "seconds": 0.0,
                                      "earlier_seconds": earlier.get(name, {}).get(

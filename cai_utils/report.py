@@ -461,9 +461,11 @@ def write_report(report: dict, scores: dict, out: Path) -> None:
                    models=report["models"], seconds=report["seconds"]["total"])
 
 
-def is_done(out) -> bool:
+def is_done(out, models: dict | None = None) -> bool:
+    """True when ``out`` holds a complete report (of exactly these ``models``, when given)."""
     manifest = read_manifest(Path(out) / "report.jsonl")
-    return bool(manifest and manifest.get("complete")) and (Path(out) / "report.json").is_file()
+    return (bool(manifest and manifest.get("complete")) and (Path(out) / "report.json").is_file()
+            and (models is None or manifest.get("models") == models))
 
 
 def load_report(out) -> dict:

@@ -126,3 +126,19 @@ def test_ablation_compares_each_removed_principle_with_the_full_constitution(tmp
     assert variants["without no-crime-howto"]["constitution"]["name"] == \
         "harmless-general-without-no-crime-howto"
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == variants.keys()
+
+
+@pytest.mark.slow
+def test_a_profile_without_rl_skips_reward_and_ppo_and_reports_without_them(pipeline, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(pipeline[0], out)
+    state = run_pipeline(out, profile=TINY.replace(rl=False), constitution=CONSTITUTION,
+                         progress=False, log=lambda _: None)
+    assert state["stages"]["reward"]["status"] == state["stages"]["ppo"]["status"] == \
+        "skipped (rl=False in this profile)"
+    # the report's models changed, so it is remade without ppo (the base answers come from the cache)
+    assert state["stages"]["evaluate"]["status"] == "ran"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert list(report["metrics"]) == ["base", "sft", "dpo"]
