@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import prompts as P
 from .constitution import Constitution
-from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts, read_jsonl,
+from .data import (DataError, writes_to, JsonlAppender, check_resume, file_sha256, load_prompts, read_jsonl,
                    write_manifest)
 from .stats import proportion_ci
 from .generation import Generator, SamplingParams
@@ -222,6 +222,7 @@ def gate_shares(records: list[dict]) -> dict:
     return out
 
 
+@writes_to("out")
 def run_critique(constitution, prompts: str | Path | list, out: str | Path,
                  model: str | None = None, critic_model: str | None = None,
                  profile: str | None = None, rounds: int | None = None,

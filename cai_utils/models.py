@@ -126,18 +126,37 @@ def quantization_config(compute_dtype: str | None = None, device: str = "cpu"):
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL, *, padding_side: str = "left"):
-    """A tokenizer ready for batched generation: a pad token and left padding."""
+    """A tokenizer ready for batched generation and training: left padding and a pad token
+    that is not the end-of-turn token (see ``distinct_pad``). An adapter folder gets its base
+    model's tokenizer."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(_trained_adapter(name) or name)
+    path = resolve_model_path(adapter_chain(name)[0])
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
         raise ModelNotFoundError(_not_found(name, err)) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    distinct_pad(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def distinct_pad(tokenizer) -> None:
+    """Give a tokenizer a pad token that never occurs in a chat: TRL's PPO and reward code
+    mask every pad-token position, so a pad equal to ``<|im_end|>`` (SmolLM2's fallback) masks
+    each end of turn inside the prompts and reads the score before the turn ends. An unused
+    special token is taken when there is one (``<|endoftext|>`` for SmolLM2); otherwise
+    ``<|pad|>`` is added and ``load_model`` resizes the embeddings."""
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != eos:
+        return
+    template = str(tokenizer.chat_template or "")
+    in_use = {tokenizer.eos_token, tokenizer.bos_token}
+    for token in (tokenizer.unk_token, *tokenizer.all_special_tokens):
+        if token and token not in in_use and token not in template:
+            tokenizer.pad_token = token
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
 
 
 def load_model(
@@ -153,7 +172,9 @@ def load_model(
 
     Args:
         name: ``"default"`` (offline SmolLM2-135M-Instruct), a local folder, a hub id, or an
-            adapter folder written by ``train`` (loaded on its base, merged).
+            adapter folder written by ``train``: loaded on its base (and, for PPO/GRPO, on the
+            SFT adapter it was trained over), merged into 16/32-bit weights, left unmerged on
+            a 4-bit base (PEFT's forward), where merging would round the update away.
         load_in_4bit: NF4 4-bit weights with double quantisation (bitsandbytes).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         dtype: compute dtype name; float32 on CPU and float16 on GPU when None.
@@ -164,13 +185,20 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    adapter = _trained_adapter(name)
-    if adapter is not None:  # a folder written by `train`: its base with the adapter merged in
+    base_name, chain = adapter_chain(name)
+    if chain:  # folders written by `train`: their base with the adapters on top
         from peft import PeftModel
 
-        model, tokenizer = load_model(adapter, load_in_4bit=load_in_4bit, device=device,
+        model, tokenizer = load_model(base_name, load_in_4bit=load_in_4bit, device=device,
                                       dtype=dtype, model_class=model_class, **kwargs)
-        model = PeftModel.from_pretrained(model, name).merge_and_unload()
+        if load_in_4bit:  # merging into NF4 weights would round most of a LoRA update away
+            model = PeftModel.from_pretrained(model, chain[0], adapter_name="stage0")
+            for number, folder in enumerate(chain[1:], start=1):
+                model.load_adapter(folder, adapter_name=f"stage{number}")
+            model.base_model.set_adapter([f"stage{n}" for n in range(len(chain))], inference_mode=True)
+        else:
+            for folder in chain:
+                model = PeftModel.from_pretrained(model, folder).merge_and_unload()
         model.eval()
         return model, tokenizer
     device = pick_device(device)
@@ -188,10 +216,31 @@ def load_model(
         raise ModelNotFoundError(_not_found(name, err)) from None
     if not load_in_4bit:
         model.to(device)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def stored_path(value: str | None, folder: str | Path) -> str | None:
+    """How ``train_config.json`` records a model or adapter it depends on: a local folder as a
+    path relative to ``folder`` (the adapter's own), so a run folder can be moved or read from
+    another directory; ``"default"`` and hub ids unchanged."""
+    if value is None or not Path(value).exists():
+        return value
+    return os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+
+
+def resolve_stored(value: str | None, folder: str | Path) -> str | None:
+    """The inverse of ``stored_path``: a recorded path read relative to the adapter's folder
+    (absolute paths, names and the cwd-relative paths older runs wrote also resolve)."""
+    if value is None or Path(value).is_absolute():
+        return value
+    beside = Path(folder) / value
+    return str(beside) if beside.exists() else value
 
 
 def _trained_adapter(name: str) -> str | None:
@@ -203,9 +252,19 @@ def _trained_adapter(name: str) -> str | None:
 
         config = json.loads((folder / "train_config.json").read_text())
         if config.get("stage") in ("ppo", "grpo") and config.get("init"):
-            return config["init"]
-        return config["model"]
+            return resolve_stored(config["init"], folder)
+        return resolve_stored(config["model"], folder)
     return None
+
+
+def adapter_chain(name: str) -> tuple[str, list[str]]:
+    """``(base model, adapter folders in the order they apply)``: ``(name, [])`` for a plain
+    model, one folder for SFT or DPO, the SFT folder then the RL one for PPO and GRPO."""
+    chain: list[str] = []
+    while (below := _trained_adapter(name)) is not None:
+        chain.insert(0, name)
+        name = below
+    return name, chain
 
 
 def display_name(name: str) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import DataError, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
+from .data import DataError, writes_to, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
 from .report import DEFAULT_CONSTITUTION
 
@@ -92,6 +92,7 @@ def _same_constitution(path: Path, const) -> bool:
     return True
 
 
+@writes_to("out")
 def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT_CONSTITUTION,
                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every stage into ``out``; return ``{"stages": {...}, "report": path}``."""
@@ -199,6 +200,7 @@ def stage_table(state: dict) -> str:
     return "\n".join(rows)
 
 
+@writes_to("out")
 def ablate(constitution, out, principle_ids: list[str], profile: str | Profile | None = None,
            n_prompts: int | None = None, sft_steps: int | None = None,
            eval_limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .constitution import Constitution, Principle
 from .text_checks import is_refusal
+from .data import writes_to
 from .judge import (LogProbJudge, Verdict, agreement, calibrate, judge_pairs,  # noqa: F401
                     load_calibration, option_probs, option_token_ids)
 
@@ -163,6 +164,7 @@ def label_stats(rows: list[dict], ties: list[dict]) -> dict:
     }
 
 
+@writes_to("out")
 def run_label(constitution, prompts, out, model: str | None = None,
               judge_model: str | None = None, mode: str | None = None,
               candidates: str | None = None, profile: str | None = None,

@@ -88,6 +88,8 @@ class Profile:
     # the SFT mix: prompt sets whose records appear more than once, e.g. (("borderline", 3),)
     sft_repeat: tuple[tuple[str, int], ...] = ()
     dpo_epochs: float | None = None
+    reward_epochs: float | None = None
+    ppo_epochs: float | None = None  # passes over the RL prompts (GRPO: over prompt x samples)
     sft_steps: int = 2
     dpo_steps: int = 2
     reward_steps: int = 2
@@ -225,10 +227,12 @@ PROFILES: dict[str, Profile] = {
         per_device_batch_size=4,
         gradient_accumulation_steps=4,
         max_length=768,
-        sft_steps=200,
-        dpo_steps=150,
-        reward_steps=150,
-        ppo_steps=100,
+        # passes over the data, so the steps follow the files (the issue of sizes: a fixed 200
+        # SFT steps meant ~14 passes over the shipped SFT data)
+        sft_epochs=2.0,
+        dpo_epochs=1.0,
+        reward_epochs=1.0,
+        ppo_epochs=2.0,
         gradient_checkpointing=True,
         eval_prompts=0,  # every held-out prompt
         eval_max_new_tokens=256,
@@ -268,10 +272,10 @@ PROFILES: dict[str, Profile] = {
         per_device_batch_size=8,
         gradient_accumulation_steps=4,
         max_length=1024,
-        sft_steps=1000,
-        dpo_steps=600,
-        reward_steps=600,
-        ppo_steps=400,
+        sft_epochs=3.0,
+        dpo_epochs=2.0,
+        reward_epochs=2.0,
+        ppo_epochs=4.0,
         gradient_checkpointing=True,
         eval_prompts=0,
         eval_max_new_tokens=384,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .capability import alignment_tax, capability_scores
 from .charts import CHARTS, charts
-from .data import (DataError, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
+from .data import (DataError, writes_to, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
                    write_jsonl_atomic, write_manifest)
 from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, is_refusal, win_rates
 from .profiles import Profile, get_profile
@@ -116,6 +116,7 @@ def _of(answers: list[dict], name: str) -> list[dict]:
     return [a for a in answers if a["set"] == name]
 
 
+@writes_to("out")
 def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
              constitution=DEFAULT_CONSTITUTION, limit: int | None = None,
              judge_model: str | None = None, tasks=None, lm_eval_limit: int | None = -1,

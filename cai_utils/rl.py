@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, writes_to
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 from .training import (TrainResult, adapter_base, base_model, finish, is_done, load_records,
-                       lora_config, trainer_args, with_adapter)
+                       lora_config, steps_for, trainer_args, with_adapter)
 
 
 def reward_scores(model, tokenizer, prompts: list[list], completions: list[list],
@@ -36,6 +36,7 @@ def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
     return sum(c > r for c, r in zip(chosen, rejected)) / len(records)
 
 
+@writes_to("out")
 def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
                  max_steps: int | None = None, profile: str | Profile | None = None,
                  held_out: float = 0.25) -> TrainResult:
@@ -58,7 +59,8 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     base.config.pad_token_id = tokenizer.pad_token_id
     trainer = RewardTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(RewardConfig, prof, out, max_steps or prof.reward_steps,
+        args=trainer_args(RewardConfig, prof, out, max_steps or steps_for(
+                              len(training), prof.reward_epochs, prof.reward_steps, prof),
                           prof.reward_learning_rate, max_length=prof.max_length),
         train_dataset=Dataset.from_list(training),
         peft_config=None if init else lora_config(prof, "SEQ_CLS"))
@@ -85,6 +87,32 @@ def load_reward_model(folder: str | Path, profile: Profile, load_in_4bit: bool =
     return merged, tokenizer
 
 
+def value_model(reward: str | Path, profile: Profile):
+    """PPO's value model: the reward model (adapter merged) with a LoRA adapter of its own and
+    its score head trainable, so the critic learns while its backbone stays frozen. A fully
+    trainable copy would be a third full-size model beside the policy and the reward model."""
+    from peft import inject_adapter_in_model
+
+    model, _ = load_reward_model(reward, profile)
+    model = inject_adapter_in_model(lora_config(profile), model, adapter_name="value")
+    for name, parameter in model.named_parameters():  # LoRA layers and the head learn, nothing else
+        parameter.requires_grad = "lora_" in name or name.startswith("score.")
+    model.train()
+    return model
+
+
+def ppo_episodes(steps: int, profile: Profile) -> int:
+    """The ``total_episodes`` that give ``steps`` PPO updates: TRL makes one update per
+    ``per_device_batch_size x gradient_accumulation_steps`` episodes (one process).
+
+    >>> from cai_utils.profiles import PROFILES
+    >>> a100 = PROFILES["a100"]
+    >>> ppo_episodes(100, a100) // (a100.per_device_batch_size * a100.gradient_accumulation_steps)
+    100
+    """
+    return steps * profile.per_device_batch_size * profile.gradient_accumulation_steps
+
+
 def _policy(init, model: str | None, profile: Profile):
     """The policy to start RL from: the SFT adapter merged into its base, or a base model."""
     name = model or (adapter_base(init) if init else DEFAULT_MODEL)
@@ -99,6 +127,7 @@ PPO_NEEDS_FULL_VALUE_MODEL = (
     "4-bit GPU budget; use `train grpo` (no value model) here, or the a100 profile")
 
 
+@writes_to("out")
 def train_ppo(prompts, out, reward, init=None, model: str | None = None,
               max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
     """PPO (``trl.experimental.ppo``): the policy starts from the SFT model with a fresh LoRA
@@ -115,38 +144,55 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
     prompts, out = Path(prompts), Path(out)
     items = load_prompts(prompts)
     reward_model, _ = load_reward_model(reward, prof)
-    value_model, _ = load_reward_model(reward, prof)
+    value = value_model(reward, prof)
+    value_before = {k: v.detach().clone() for k, v in value.named_parameters() if v.requires_grad}
     name, policy, tokenizer = _policy(init, model, prof)
     ids = [tokenizer.apply_chat_template(i["messages"], add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"] for i in items]
     batch = prof.per_device_batch_size
-    steps = max_steps or prof.ppo_steps
+    steps = max_steps or steps_for(len(items), prof.ppo_epochs, prof.ppo_steps, prof)
     config = trainer_args(PPOConfig, prof, out, steps, prof.ppo_learning_rate,
-                          total_episodes=steps * batch,
+                          total_episodes=ppo_episodes(steps, prof),
                           num_ppo_epochs=1, num_mini_batches=1,
                           response_length=prof.max_new_tokens, kl_coef=prof.ppo_kl_coef,
                           missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0,
                           local_rollout_forward_batch_size=batch)
     start = time.perf_counter()
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
-                         reward_model=reward_model, value_model=value_model,
+                         reward_model=reward_model, value_model=value,
                          train_dataset=Dataset.from_dict({"input_ids": ids}),
                          peft_config=lora_config(prof))
     trainer.train()
     stats = [e for e in trainer.state.log_history if "objective/scores" in e]
     metrics = {"last_mean_score": stats[-1]["objective/scores"],
                "last_kl": stats[-1]["objective/kl"]} if stats else {}
+    metrics["value_trainable_params"] = sum(v.numel() for v in value_before.values())
+    metrics["value_params_changed"] = sum(  # the critic learnt: tensors that moved in training
+        not (v.detach() == value_before[k]).all() for k, v in value.named_parameters() if k in value_before)
     return finish(trainer, "ppo", out, prof, name, prompts, init, start, metrics,
                   reward=str(reward), kl_coef=prof.ppo_kl_coef)
 
 
+def grpo_config(profile: Profile, out: Path, steps: int, num_generations: int = 2):
+    """GRPOConfig with a batch that holds whole groups of ``num_generations`` samples. The
+    batch goes to the constructor: GRPOConfig derives its generation batch from it in
+    ``__post_init__``, so setting it afterwards leaves the derived sizes stale."""
+    from trl import GRPOConfig
+
+    batch = max(num_generations, profile.per_device_batch_size // num_generations * num_generations)
+    return trainer_args(GRPOConfig, profile.replace(per_device_batch_size=batch), out, steps,
+                        profile.ppo_learning_rate, num_generations=num_generations,
+                        max_completion_length=profile.max_new_tokens, beta=profile.ppo_kl_coef)
+
+
+@writes_to("out")
 def train_grpo(prompts, out, reward, init=None, model: str | None = None,
                max_steps: int | None = None, profile: str | Profile | None = None,
                num_generations: int = 2) -> TrainResult:
     """GRPO from core TRL with the same reward model: no value model, the baseline is the mean
     reward of a group of samples for the same prompt."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from .data import load_prompts
 
@@ -155,12 +201,8 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
     items = load_prompts(prompts)
     reward_model, reward_tokenizer = load_reward_model(reward, prof)
     name, policy, tokenizer = _policy(init, model, prof)
-    batch = max(num_generations, prof.per_device_batch_size // num_generations * num_generations)
-    # the batch goes to the constructor: GRPOConfig derives its generation batch from it
-    config = trainer_args(GRPOConfig, prof.replace(per_device_batch_size=batch), out,
-                          max_steps or prof.ppo_steps, prof.ppo_learning_rate,
-                          num_generations=num_generations, max_completion_length=prof.max_new_tokens,
-                          beta=prof.ppo_kl_coef)
+    steps = max_steps or steps_for(len(items) * num_generations, prof.ppo_epochs, prof.ppo_steps, prof)
+    config = grpo_config(prof, out, steps, num_generations)
     start = time.perf_counter()
     trainer = GRPOTrainer(model=policy, reward_funcs=reward_model, args=config,
                           train_dataset=Dataset.from_list([{"prompt": i["messages"]} for i in items]),

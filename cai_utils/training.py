@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_manifest
+from .data import DataError, writes_to, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_manifest
 from .models import display_name
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 
@@ -124,10 +124,12 @@ def base_model(name: str, profile: Profile, load_in_4bit: bool, model_class=None
 
 def adapter_base(init: str | Path) -> str:
     """The model name an adapter of ours was trained on."""
+    from .models import resolve_stored
+
     config = Path(init) / "train_config.json"
     if not config.is_file():
         raise DataError(f"{init}: not an adapter folder from `train` (no train_config.json)")
-    return json.loads(config.read_text())["model"]
+    return resolve_stored(json.loads(config.read_text())["model"], init)
 
 
 def with_adapter(model, init: str | Path | None, trainable: bool = True):
@@ -157,7 +159,10 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
     total = sum(p.numel() for p in model.parameters())
     seconds = round(time.perf_counter() - start, 1)
     provenance = _provenance(data)
-    settings = {"stage": stage, "model": model_name, "init": str(init) if init else None,
+    from .models import stored_path
+
+    settings = {"stage": stage, "model": stored_path(model_name, out),
+                "init": stored_path(str(init), out) if init else None,
                 "profile": profile.name, "trainable_params": trainable, "total_params": total,
                 **config, "profile_settings": dataclasses.asdict(profile)}
     write_json_atomic(out / "train_config.json", settings)
@@ -252,6 +257,7 @@ def repeat_sets(records: list[dict], repeats: dict[str, int]) -> list[dict]:
     return [r for r in records for _ in range(repeats.get(r.get("set"), 1))]
 
 
+@writes_to("out")
 def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
               max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
     """Supervised fine-tuning on stage-1 records (prompt-completion: loss on the revision only)."""
@@ -277,6 +283,7 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
                   repeats=dict(prof.sft_repeat))
 
 
+@writes_to("out")
 def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool | None = None,
               max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
     """DPO on stage-2 pairs, from the SFT adapter; TRL copies that adapter into a frozen

@@ -78,3 +78,76 @@ def test_appender_repairs_a_partial_last_line_and_resumes(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert JsonlAppender(path).done_ids == {"a", "b", "c"}  # nothing to repair now
+
+
+_HOLDER = """
+import sys
+from cai_utils.data import JsonlAppender, exclusive
+out = sys.argv[1]
+with exclusive(out):
+    with JsonlAppender(out) as writer:
+        writer.write({"id": f"rt-{i}", "prompt": "x"} for i in range(8))
+    print("held", flush=True)
+    sys.stdin.read()  # hold the lock until the test closes stdin (or kills this process)
+"""
+
+
+def _hold(out):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_of_the_same_file_is_refused_with_one_line_and_ids_stay_unique(tmp_path, root):
+    """Two `critique` runs on one --out used to interleave (16 lines, 8 ids): now the second
+    exits 2 with one line before loading a model, and the file holds each id once."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "sft.jsonl"
+    holder = _hold(out)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "cai_utils", "critique", "--constitution",
+             str(root / "constitutions" / "harmless-general.yaml"), "--prompts",
+             str(PROMPTS / "red_team_train.jsonl"), "--out", str(out), "--limit", "8"],
+            capture_output=True, text=True, timeout=120, cwd=root)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"another process (pid {holder.pid})" in lines[0], second.stderr
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert len(ids) == 8 and len(set(ids)) == 8
+    assert not (tmp_path / "sft.jsonl.lock").exists()  # released by the writer that finished
+
+
+def test_a_lock_left_by_a_killed_writer_is_taken_over(tmp_path):
+    from cai_utils.data import exclusive, lock_path
+
+    out = tmp_path / "sft"
+    holder = _hold(out)
+    holder.kill()
+    holder.wait(timeout=30)
+    assert lock_path(out).read_text().strip() == str(holder.pid)  # the dead writer's lock is still there
+    with exclusive(out) as lock:
+        assert lock.read_text().strip() == str(__import__("os").getpid())
+    with pytest.raises(DataError, match="another process"):
+        with exclusive(out):
+            with exclusive(out):
+                pass
+
+
+def test_a_limit_above_the_file_size_warns_in_one_line():
+    path = PROMPTS / "borderline_val.jsonl"
+    n = len(load_prompts(path))
+    with pytest.warns(UserWarning, match=rf"{n + 100} prompts asked for, the file holds {n}: using {n}"):
+        assert len(load_prompts(path, limit=n + 100)) == n
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_prompts(path, limit=n)) == n

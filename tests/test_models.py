@@ -82,3 +82,81 @@ def test_4bit_nf4_loads_and_generates_on_cpu():
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_type == "nf4"
     assert chat(model, tokenizer, "Say hello.", max_new_tokens=8)
+
+
+def test_pad_token_is_not_the_end_of_turn_token_so_rl_masks_no_prompt_token():
+    """TRL's PPO builds its attention mask as ``ids != pad``: with pad == <|im_end|> every end
+    of turn in a chat prompt was masked (13 item 1)."""
+    tokenizer = load_tokenizer("default")
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+                                         {"role": "user", "content": "How are you?"}],
+                                        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert tokenizer.eos_token_id in ids and tokenizer.pad_token_id not in ids
+
+
+def test_a_tokenizer_without_a_spare_token_gets_a_new_pad_and_the_model_grows_to_match():
+    from cai_utils.models import distinct_pad
+
+    class Bare:  # pad == eos and no other special token: the one case that adds a token
+        eos_token, eos_token_id, bos_token, unk_token = "</s>", 2, None, None
+        pad_token, pad_token_id, chat_template, all_special_tokens = "</s>", 2, "", ["</s>"]
+        added = None
+
+        def add_special_tokens(self, tokens):
+            self.added = tokens
+
+    bare = Bare()
+    distinct_pad(bare)
+    assert bare.added == {"pad_token": "<|pad|>"}
+
+
+def _adapter_folder(tmp_path, model, scale: float):
+    """An adapter folder as `train` writes it, with a LoRA update whose size is ``scale`` times
+    the spread of the weights it changes (B is random instead of zero: no training needed)."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            target = scale * module.base_layer.weight.float().std()
+            with torch.no_grad():
+                b.normal_()
+                delta = (b @ a).std()
+                b.mul_(target / delta)
+    peft_model.save_pretrained(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"stage": "sft", "model": "default", "init": None}))
+    peft_model.unload()
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_an_adapter_on_a_4bit_base_keeps_its_effect(tmp_path):
+    """Merging LoRA into NF4 weights re-quantises the sum and rounds a small update away (a
+    change of 3% of the weights' spread kept ~10% of its effect): on a 4-bit base the adapter
+    now stays unmerged (13 item 5)."""
+    import torch
+
+    from cai_utils.models import adapter_chain
+
+    base16, tokenizer = load_model("default", device="cpu")
+    folder = _adapter_folder(tmp_path, base16, scale=0.03)
+    assert adapter_chain(str(folder)) == ("default", [str(folder)])
+    ids = tokenizer("The capital of France is a city called", return_tensors="pt")
+
+    def logits(model):
+        with torch.inference_mode():
+            return model(**ids.to(model.device)).logits[0, -1].float()
+
+    plain16 = logits(load_model("default", device="cpu")[0])
+    adapted16 = logits(load_model(str(folder), device="cpu")[0])
+    plain4 = logits(load_model("default", load_in_4bit=True, device="cpu")[0])
+    adapted4 = logits(load_model(str(folder), load_in_4bit=True, device="cpu")[0])
+    effect16, effect4 = adapted16 - plain16, adapted4 - plain4
+    kept = float(effect4 @ effect16 / (effect16 @ effect16))  # share of the 16-bit effect the 4-bit model shows
+    assert 0.8 < kept < 1.2, kept

@@ -118,11 +118,15 @@ def test_ablation_compares_each_removed_principle_with_the_full_constitution(tmp
     variants = result["variants"]
     assert list(variants) == ["full", "without no-crime-howto"]
     assert variants["full"]["drop_pct"] == 0
-    full, without = (variants[k]["harmlessness"]["mean"] for k in variants)
+    # the summary figures follow from the per-prompt ratings each variant stores
+    full, without = (variants[k]["ratings"] for k in variants)
+    assert len(full) == len(without) == 2 and all(1 <= r <= 5 for r in full + without)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert variants["without no-crime-howto"]["harmlessness"]["mean"] == pytest.approx(mean(without))
     assert variants["without no-crime-howto"]["drop_pct"] == pytest.approx(
-        (full - without) / full * 100, abs=0.01)
-    assert variants["full"]["vs_full"]["diff"] == 0
-    assert variants["without no-crime-howto"]["vs_full"]["diff"] == pytest.approx(without - full, abs=1e-9)
+        (mean(full) - mean(without)) / mean(full) * 100, abs=0.01)
+    assert variants["without no-crime-howto"]["vs_full"]["diff"] == pytest.approx(
+        mean([w - f for f, w in zip(full, without)]), abs=1e-9)
     assert variants["without no-crime-howto"]["constitution"]["name"] == \
         "harmless-general-without-no-crime-howto"
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == variants.keys()

@@ -200,7 +200,10 @@ def test_label_records_load_with_datasets_and_train_dpo(tmp_path, trains):
     for r in records:
         assert r["chosen"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user"
         assert r["judge"]["principle_ids"] and 0 <= r["judge"]["p_chosen"] <= 1
-        assert r["judge"]["p_chosen"] >= 0.5  # the judge's favourite is the chosen one
+        # p_chosen is the mean of the chosen answer's two orders, as recorded per principle
+        orders = [o for o in r["judge"]["orders"].values()]
+        mean = sum((o["chosen_as_A"] + o["chosen_as_B"]) / 2 for o in orders) / len(orders)
+        assert r["judge"]["p_chosen"] == pytest.approx(mean, abs=2e-4)
         assert r["constitution"]["hash"] == GENERAL.hash and r["judge_model"] == "default"
     manifest = read_manifest(prefs)
     assert manifest["complete"] and manifest["counts"]["pairs"] == 3

@@ -10,7 +10,12 @@ def test_four_profiles_with_distinct_sizes():
     red_team_train = 154  # data/prompts/red_team_train.jsonl; None means the whole file
     sizes = [PROFILES[p].n_red_team or red_team_train for p in ("ci", "cpu", "t4")]
     assert sizes[0] < sizes[1] <= sizes[2] <= red_team_train
-    assert PROFILES["ci"].sft_steps <= PROFILES["cpu"].sft_steps < PROFILES["t4"].sft_steps
+    from cai_utils.training import steps_for
+
+    def seen(p, n=300):  # SFT examples seen on n records: passes or fixed steps, times the batch
+        prof = PROFILES[p]
+        return steps_for(n, prof.sft_epochs, prof.sft_steps, prof) * prof.per_device_batch_size * prof.gradient_accumulation_steps
+    assert seen("ci") < seen("cpu") < seen("t4") <= seen("a100")
 
 
 @pytest.mark.parametrize("name", list(PROFILES))
@@ -19,7 +24,7 @@ def test_every_profile_is_complete(name):
     assert profile.name == name
     for field in dataclasses.fields(profile):
         if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs",
-                              "sft_epochs", "dpo_epochs", "n_red_team", "n_helpful", "n_borderline",
+                              "sft_epochs", "dpo_epochs", "reward_epochs", "ppo_epochs", "n_red_team", "n_helpful", "n_borderline",
                               "dpo_loss_weights", "guard_model"):
             assert getattr(profile, field.name) is not None, field.name
     assert profile.candidate_mode in ("mix", "revision", "samples")
@@ -71,3 +76,22 @@ def test_replace_and_roles():
         PROFILES["ci"].replace(batchsize=3)
     with pytest.raises(ValueError, match="unknown model role"):
         profile.model_for("reviewer")
+
+
+@pytest.mark.parametrize("name", ["t4", "a100"])
+def test_gpu_profiles_size_training_in_passes_over_the_shipped_data(name, root):
+    """Fixed step counts meant ~14 passes over the SFT data on t4 and ~136 on a100, reported as
+    a large run (13 item 12): every stage now counts passes, so steps follow the files."""
+    from cai_utils.data import load_prompts
+    from cai_utils.training import steps_for
+
+    prof = get_profile(name)
+    prompts = root / "data" / "prompts"
+    n_sft = sum(len(load_prompts(prompts / f"{s}_train.jsonl")) for s in ("red_team", "helpful", "borderline"))
+    per_step = prof.per_device_batch_size * prof.gradient_accumulation_steps
+    for epochs, fixed in ((prof.sft_epochs, prof.sft_steps), (prof.dpo_epochs, prof.dpo_steps),
+                          (prof.reward_epochs, prof.reward_steps), (prof.ppo_epochs, prof.ppo_steps)):
+        passes = steps_for(n_sft, epochs, fixed, prof) * per_step / n_sft
+        assert passes <= 4.5, (name, passes)
+    for limit in (prof.n_red_team, prof.n_helpful, prof.n_borderline):
+        assert limit is None  # the whole file: a bigger number would be capped silently
