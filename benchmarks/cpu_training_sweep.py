@@ -65,7 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--sft", nargs="+", default=["lr=2e-4,epochs=1"], help="lr=..,epochs=..")
+    ap.add_argument("--sft", nargs="+", default=["lr=2e-4,epochs=1"],
+                    help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all]")
     ap.add_argument("--dpo", nargs="*", default=[],
                     help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE]"
                          "[,init=K: from the K-th --sft model, default the first]")
@@ -84,10 +85,10 @@ def main() -> None:
     sft_folders = []
     for spec in map(parse, args.sft):
         folder = out / name_of("sft", spec)
-        # borderline=K: each borderline-but-safe record K times in the SFT mix
+        # borderline=K, helpful=K: each benign record of that set K times in the SFT mix
         p = lora(prof, spec).replace(sft_learning_rate=spec["lr"], sft_epochs=spec.get("epochs", 1.0),
-                                     sft_repeat=(("borderline", int(spec["borderline"])),)
-                                     if "borderline" in spec else ())
+                                     sft_repeat=tuple((s, int(spec[s])) for s in ("borderline", "helpful")
+                                                      if s in spec))
         sft_folders.append(folder)
         if not is_done(folder):  # a model trained earlier was scored then (see the log)
             r = train_sft(sft_data, folder, model=prof.policy_model, profile=p)

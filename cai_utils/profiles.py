@@ -165,13 +165,16 @@ PROFILES: dict[str, Profile] = {
         description="The demo on the offline default model, on 2 CPU cores",
         hardware="2 CPU cores, no GPU",
         memory="~4 GB RAM",
-        # stage 1 from the course-written stronger critic: every training prompt (154 red-team,
-        # 81 helpful, 43 borderline); the policy critiques itself on a few, for the gate report
+        # stage 1 from the course-written stronger critic on 154 red-team, 81 helpful and 43
+        # borderline training prompts (stratified by category, file order: the files hold
+        # 254 / 81 / 151, and one SFT epoch over all of them does not fit `make demo`'s 20
+        # minutes; in less than an epoch the refusals never form, see the README's sweep); the
+        # policy critiques itself on a few, for the gate report
         critic="course",
         self_critique_prompts=4,
-        n_red_team=None,
+        n_red_team=154,
         n_helpful=None,
-        n_borderline=None,
+        n_borderline=43,
         rounds=1,
         batch_size=32,  # generation and judging; training uses per_device_batch_size
         max_new_tokens=96,
@@ -204,7 +207,7 @@ PROFILES: dict[str, Profile] = {
         policy_model="Qwen/Qwen2.5-1.5B-Instruct",
         load_in_4bit=True,
         dtype="float16",  # the T4 has no bf16
-        n_red_team=None,  # every training prompt (the files hold 154 / 81 / 43)
+        n_red_team=None,  # every training prompt (the files hold 254 / 81 / 151)
         n_helpful=None,
         n_borderline=None,
         rounds=2,

@@ -46,10 +46,15 @@ def model_labels(model: str, adapters: list[str | Path] = ()) -> dict[str, str]:
 
 
 def fingerprint(name: str) -> str:
-    """A model's identity for caching: the adapter weights' hash for an adapter folder (a
-    retrained adapter at the same path is a new model), else the name."""
-    weights = Path(name) / "adapter_model.safetensors"
-    return f"{name}@{file_sha256(weights)[:16]}" if weights.is_file() else name
+    """A model's identity for caching: for an adapter folder, the hash of its weights and of
+    every adapter under it (a retrained adapter at the same path, or a PPO adapter over a
+    retrained SFT one, is a new model), else the name."""
+    from .models import adapter_chain
+
+    base, chain = adapter_chain(name)
+    hashes = [file_sha256(Path(f) / "adapter_model.safetensors")[:16] for f in chain
+              if (Path(f) / "adapter_model.safetensors").is_file()]
+    return f"{name}@{base}@{'+'.join(hashes)}" if hashes else name
 
 
 REFUSAL_ONLY = ("borderline", "harmbench", "xstest")  # sets scored by the refusal detector alone

@@ -153,3 +153,62 @@ def test_model_labels_name_adapters_by_their_stage(tmp_path):
         "base": "default", "sft": str(tmp_path / "sft"), "dpo": str(tmp_path / "dpo")}
     with pytest.raises(DataError, match="not an adapter folder"):
         model_labels("default", [tmp_path])
+
+
+def test_cached_answers_are_reused_only_for_the_same_model_chain_and_generation_settings(tmp_path):
+    """The answer cache ignored max_new_tokens, dtype and 4-bit, and an RL adapter's key
+    ignored the SFT adapter under it (13 item 10)."""
+    import dataclasses
+
+    from cai_utils import report
+    from cai_utils.data import write_jsonl_atomic, write_manifest
+    from cai_utils.profiles import get_profile
+
+    sft, ppo = tmp_path / "sft", tmp_path / "ppo"
+    for folder, config in ((sft, {"stage": "sft", "model": "default", "init": None}),
+                           (ppo, {"stage": "ppo", "model": "default", "init": "../sft"})):
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(folder.name.encode())
+        (folder / "train_config.json").write_text(json.dumps(config))
+    prof = get_profile("ci")
+    settings = report.generation_settings(prof)
+    path = tmp_path / "answers.jsonl"
+    write_jsonl_atomic(path, [{"id": "a", "answer": "x"}])
+    write_manifest(path, complete=True, model=report.fingerprint(str(ppo)), items=report.content_id(["a"]),
+                   tasks=[], lm_eval_limit=None, generation=settings)
+    assert report._answers_done(path, str(ppo), ["a"], [], None, settings) is not None
+    for changed in (dataclasses.replace(prof, eval_max_new_tokens=prof.eval_max_new_tokens + 1),
+                    dataclasses.replace(prof, dtype="bfloat16"), dataclasses.replace(prof, load_in_4bit=True)):
+        assert report._answers_done(path, str(ppo), ["a"], [], None, report.generation_settings(changed)) is None
+    (sft / "adapter_model.safetensors").write_bytes(b"retrained")  # the SFT under PPO changed
+    assert report._answers_done(path, str(ppo), ["a"], [], None, settings) is None
+
+
+def test_improve_scores_rounds_on_validation_prompts_never_the_test_sets(monkeypatch, root):
+    """`improve` chose rounds on red_team_test / borderline_test (13 item 4): its quality signal,
+    `refusal_quality`, now reads the validation files only."""
+    from cai_utils import generation
+    from cai_utils.data import load_prompts
+    from cai_utils.generation import Completion
+    from cai_utils.profiles import get_profile
+
+    asked = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def chat(self, conversations, params, keys=None, desc=""):
+            asked.extend(json.dumps(c, sort_keys=True) for c in conversations)
+            return [Completion("I can't help with that.", 8, True) for _ in conversations]
+
+    monkeypatch.setattr(generation, "HFGenerator", Recorder)
+    prof = get_profile("ci").replace(eval_prompts=0)
+    quality = E.refusal_quality("stub", prof, models={"stub": (None, None)})
+    prompts = root / "data" / "prompts"
+    text = lambda path: {json.dumps(p["messages"], sort_keys=True) for p in load_prompts(path)}  # noqa: E731
+    val = set().union(*(text(prompts / f"{s}_val.jsonl") for s in ("red_team", "borderline", "helpful")))
+    test = set().union(*(text(prompts / f"{s}_test.jsonl") for s in ("red_team", "borderline", "helpful")))
+    assert set(asked) == val and not set(asked) & test
+    assert quality["split"] == "val" and quality["red_team_declined"] == 1.0 and quality["helpful_answered"] == 0.0
