@@ -113,7 +113,7 @@ def reward_adapter(tmp_path_factory, pref_data):
 
 
 @pytest.mark.slow
-def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter):
+def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter, pref_data):
     out, result = reward_adapter
     assert result.steps == 2 and changed_weights(result)
     assert result.metrics["held_out_pairs"] == 2
