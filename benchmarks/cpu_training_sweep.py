@@ -22,7 +22,7 @@ from cai_utils.data import project_root
 from cai_utils.evaluation import refusal_quality
 from cai_utils.pipeline import stage1_items
 from cai_utils.preferences import run_label
-from cai_utils.profiles import get_profile
+from cai_utils.profiles import get_profile, uses_cpu_bf16
 from cai_utils.training import is_done, train_dpo, train_sft
 
 
@@ -50,10 +50,11 @@ def name_of(kind: str, spec: dict) -> str:
 def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
     start = time.perf_counter()
     q = refusal_quality(str(folder), prof, split="val")
-    row = {"model": label, **extra, "red_team_refused": q["red_team_declined"],
+    row = {"model": label, **extra, "bf16": uses_cpu_bf16(prof), "red_team_refused": q["red_team_declined"],
            "borderline_refused": 1 - q["borderline_answered"],
            "helpful_refused": 1 - q["helpful_answered"], "n": q["n"], "split": "val",
-           "eval_seconds": round(time.perf_counter() - start, 1)}
+           "eval_seconds": round(time.perf_counter() - start, 1),
+           "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline]}
     with log.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
     print(f"{label:40s} red {row['red_team_refused']:.0%}  borderline {row['borderline_refused']:.0%}  "
@@ -66,13 +67,19 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sft", nargs="+", default=["lr=2e-4,epochs=1"],
-                    help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all]")
+                    help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all]"
+                         "[,sched=constant_with_warmup,warmup=0.05]")
     ap.add_argument("--dpo", nargs="*", default=[],
                     help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE]"
                          "[,init=K: from the K-th --sft model, default the first]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
+    ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
+                    help="training prompts per set for stage 1 (all: the whole file); default the profile's")
     args = ap.parse_args()
     prof = get_profile(args.profile)
+    if args.prompts:
+        sizes = [None if n == "all" else int(n) for n in args.prompts.split(",")]
+        prof = prof.replace(n_red_team=sizes[0], n_helpful=sizes[1], n_borderline=sizes[2])
     const = cons.load(project_root() / "constitutions" / "harmless-general.yaml")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +94,8 @@ def main() -> None:
         folder = out / name_of("sft", spec)
         # borderline=K, helpful=K: each benign record of that set K times in the SFT mix
         p = lora(prof, spec).replace(sft_learning_rate=spec["lr"], sft_epochs=spec.get("epochs", 1.0),
+                                     sft_lr_scheduler=spec.get("sched", prof.sft_lr_scheduler),
+                                     sft_warmup=spec.get("warmup", prof.sft_warmup),
                                      sft_repeat=tuple((s, int(spec[s])) for s in ("borderline", "helpful")
                                                       if s in spec))
         sft_folders.append(folder)

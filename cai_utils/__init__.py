@@ -26,7 +26,7 @@ _EXPORTS = {
              "read_manifest", "project_root"],
     "generation": ["HFGenerator", "SamplingParams", "Completion", "chat", "make_generator"],
     "models": ["load_model", "load_tokenizer", "ModelNotFoundError", "default_model_path"],
-    "profiles": ["Profile", "PROFILES", "get_profile"],
+    "profiles": ["Profile", "PROFILES", "get_profile", "inference_dtype"],
     "prompts": ["critique_messages", "revision_messages", "judge_messages"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

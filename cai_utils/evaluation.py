@@ -23,12 +23,12 @@ def refusal_quality(model_name: str, profile=None, models: dict | None = None,
     rest (each of the two halves weighted equally)."""
     from .generation import HFGenerator, SamplingParams
     from .models import load_model
-    from .profiles import get_profile
+    from .profiles import get_profile, inference_dtype
 
     prof = get_profile(profile)
     sets = held_out_sets(prof, split=split)
     model, tokenizer = (models or {}).get(model_name) or load_model(
-        model_name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+        model_name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
     engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=False)
     rows = [(name, item) for name in SETS for item in sets[name]]
     outs = engine.chat([item["messages"] for _, item in rows],

@@ -29,6 +29,11 @@ class Profile:
     judge_model: str | None = None
     load_in_4bit: bool = False
     dtype: str = "float32"  # compute dtype: float32 on CPU, float16 on T4, bfloat16 on Ampere+
+    # On a CPU with native bf16 dot products (AVX512-BF16 or AMX, see ``cpu_has_bf16``): answer
+    # and judge in bfloat16, and train with bf16 autocast over fp32 weights (LoRA and optimizer
+    # state stay fp32). On this course's CPU a bf16 matmul ran ~4x and an SFT step ~2x faster
+    # than fp32. Elsewhere, and on GPUs (which use ``dtype``), nothing changes.
+    cpu_bf16: bool = False
 
     # Stage 1: critique-revision data.
     # Who writes critiques and revisions for the training data: "course" (the shipped
@@ -85,6 +90,10 @@ class Profile:
     # Steps: with ``*_epochs`` set, derived from the number of records (passes over the data);
     # else the fixed ``*_steps``.
     sft_epochs: float | None = None
+    # SFT's learning-rate schedule (a transformers scheduler name) and warm-up (a share of the
+    # steps): TRL's default, linear decay to 0, halves the average rate of a short run
+    sft_lr_scheduler: str = "linear"
+    sft_warmup: float = 0.0
     # the SFT mix: prompt sets whose records appear more than once, e.g. (("borderline", 3),)
     sft_repeat: tuple[tuple[str, int], ...] = ()
     dpo_epochs: float | None = None
@@ -165,16 +174,14 @@ PROFILES: dict[str, Profile] = {
         description="The demo on the offline default model, on 2 CPU cores",
         hardware="2 CPU cores, no GPU",
         memory="~4 GB RAM",
-        # stage 1 from the course-written stronger critic on 154 red-team, 81 helpful and 43
-        # borderline training prompts (stratified by category, file order: the files hold
-        # 254 / 81 / 151, and one SFT epoch over all of them does not fit `make demo`'s 20
-        # minutes; in less than an epoch the refusals never form, see the README's sweep); the
-        # policy critiques itself on a few, for the gate report
+        # stage 1 from the course-written stronger critic on every training prompt (254 red-team,
+        # 81 helpful, 151 borderline); the policy critiques itself on a few, for the gate report
         critic="course",
+        cpu_bf16=True,  # answer, judge and train (autocast) in bf16 where the CPU has it natively
         self_critique_prompts=4,
-        n_red_team=154,
+        n_red_team=None,
         n_helpful=None,
-        n_borderline=43,
+        n_borderline=None,
         rounds=1,
         batch_size=32,  # generation and judging; training uses per_device_batch_size
         max_new_tokens=96,
@@ -182,16 +189,22 @@ PROFILES: dict[str, Profile] = {
         round_temperatures=(0.0, 0.0),
         few_shot=3,  # measured best of five formats here: benchmarks/results/revision_formats.txt
         # chosen on the validation prompts (benchmarks/results/cpu_training_sweep.jsonl): the most
-        # red-team refusals among settings that refuse at most 15% of borderline and of helpful ones
+        # red-team refusals among settings that refuse at most 15% of borderline and of helpful
+        # ones. SFT at a constant rate makes the model refuse (too much: 75% / 48% / 27% of
+        # red-team / borderline / helpful validation prompts); DPO on benign-heavy pairs then
+        # takes the over-refusal back faster than the refusals (47% / 11% / 3%)
         label_source="rule",  # the 135M judge prefers a refusal even on benign pairs (README, stage 2)
-        n_pairs=96,
+        n_pairs=144,
+        benign_pair_share=0.75,  # 108 answer-over-needless-refusal pairs, 36 refusal-over-compliance
         sft_learning_rate=3e-4,
         sft_epochs=1.0,
+        sft_lr_scheduler="constant_with_warmup",  # linear decay: the refusals never formed (README)
+        sft_warmup=0.05,
         sft_repeat=(("borderline", 2),),  # the contrast examples, twice
-        dpo_learning_rate=5e-5,
+        dpo_learning_rate=1e-4,
         dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
         dpo_loss_weights=(1.0, 1.0),
-        dpo_steps=48,  # one pass over the 96 pairs at batch 2
+        dpo_epochs=1.0,  # one pass over the 144 pairs at batch 2: 72 steps
         reward_steps=20,
         ppo_steps=4,
         rl=False,  # `make demo` fits 20 minutes without them; notebook 06 trains them
@@ -288,6 +301,36 @@ PROFILES: dict[str, Profile] = {
         lm_eval_limit=1000,
     ),
 }
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX-BF16, read from
+    /proc/cpuinfo; False where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def uses_cpu_bf16(profile: "Profile", device: str | None = None) -> bool:
+    """True when a profile asks for ``cpu_bf16`` and runs on a CPU that has native bf16
+    (``device``: ``"cpu"`` or ``"cuda"``; default: what torch sees)."""
+    on_cpu = (device or ("cuda" if has_cuda() else "cpu")) == "cpu"
+    return profile.cpu_bf16 and on_cpu and cpu_has_bf16()
+
+
+def inference_dtype(profile: "Profile", device: str | None = None) -> str:
+    """The dtype a profile's models answer and judge in: bfloat16 under ``cpu_bf16`` on a CPU
+    with native bf16, else the profile's ``dtype``.
+
+    >>> inference_dtype(PROFILES["ci"])
+    'float32'
+    >>> inference_dtype(PROFILES["cpu"].replace(cpu_bf16=True), device="cuda")
+    'float32'
+    """
+    return "bfloat16" if uses_cpu_bf16(profile, device) else profile.dtype
 
 
 def has_cuda() -> bool:

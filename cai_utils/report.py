@@ -23,7 +23,7 @@ from .charts import CHARTS, charts
 from .data import (DataError, writes_to, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
                    write_jsonl_atomic, write_manifest)
 from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, is_refusal, win_rates
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, inference_dtype
 from .stats import bootstrap_ci, newcombe_paired, paired_bootstrap, share_ci
 
 DEFAULT_CONSTITUTION = "constitutions/harmless-general.yaml"
@@ -66,7 +66,7 @@ def generation_settings(prof: Profile) -> dict:
     only the refusal detector reads get a shorter budget."""
     return {"max_new_tokens": prof.eval_max_new_tokens,
             "refusal_only_max_new_tokens": min(REFUSAL_TOKENS, prof.eval_max_new_tokens),
-            "temperature": 0.0, "dtype": prof.dtype, "load_in_4bit": prof.load_in_4bit}
+            "temperature": 0.0, "dtype": inference_dtype(prof), "load_in_4bit": prof.load_in_4bit}
 
 
 def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings) -> list[dict] | None:
@@ -94,7 +94,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
         return {"answers": cached, "capability": json.loads((out / "answers" / f"{label}.capability.json").read_text()),
                 "seconds": read_manifest(path)["seconds"], "cached": True}
     start = time.perf_counter()
-    model, tokenizer = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+    model, tokenizer = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
     engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=progress)
     outs = [None] * len(items)
     for short in (False, True):
@@ -166,7 +166,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
                  for label, name in models.items()}
 
     judge_name = judge_model or prof.model_for("judge")
-    model, tokenizer = load_model(judge_name, load_in_4bit=prof.load_in_4bit, dtype=prof.dtype)
+    model, tokenizer = load_model(judge_name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
     rater = HarmRater(model, tokenizer, const, batch_size=prof.batch_size, progress=progress)
     judge = LogProbJudge(model, tokenizer, batch_size=prof.batch_size, progress=progress)
     scores = {}
@@ -192,7 +192,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         reason = guard_available(prof.guard_model)
         if reason is None:
             del model, rater, judge  # the constitution judge is done: make room for the guard
-            guard_model, guard_tokenizer = load_model(prof.guard_model, dtype=prof.dtype)
+            guard_model, guard_tokenizer = load_model(prof.guard_model, dtype=inference_dtype(prof))
             guard = GuardJudge(guard_model, guard_tokenizer, batch_size=prof.batch_size,
                                progress=progress)
             unparsed = {}

@@ -82,8 +82,11 @@ def steps_for(n_records: int, epochs: float | None, fixed: int, profile: Profile
 def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning_rate: float,
                  **extra):
     """TRL config for a profile. Gradient checkpointing only with CUDA: on this course's CPU it
-    made DPO, reward and PPO steps 6-7x slower (TRL 1.x turns it on by default)."""
+    made DPO, reward and PPO steps 6-7x slower (TRL 1.x turns it on by default). The model's
+    weights load in the profile's ``dtype``; bf16 here is autocast (mixed precision)."""
     import torch
+
+    from .profiles import uses_cpu_bf16
 
     cuda = torch.cuda.is_available()
     return config_class(
@@ -91,7 +94,9 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
         per_device_train_batch_size=profile.per_device_batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation_steps,
         gradient_checkpointing=profile.gradient_checkpointing and cuda,
-        fp16=cuda and profile.dtype == "float16", bf16=cuda and profile.dtype == "bfloat16",
+        fp16=cuda and profile.dtype == "float16",
+        # bf16 autocast: on Ampere+ GPUs, and on a CPU with native bf16 under ``cpu_bf16``
+        bf16=(cuda and profile.dtype == "bfloat16") or (not cuda and uses_cpu_bf16(profile, "cpu")),
         use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=0, **extra)
 
 
@@ -274,12 +279,14 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
     trainer = SFTTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(SFTConfig, prof, out, steps, prof.sft_learning_rate,
-                          max_length=prof.max_length),
+                          max_length=prof.max_length, lr_scheduler_type=prof.sft_lr_scheduler,
+                          warmup_steps=prof.sft_warmup),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
     trainer.train()
     return finish(trainer, "sft", out, prof, model, data, init, start, load_in_4bit=four_bit,
                   records=len(records), learning_rate=prof.sft_learning_rate,
+                  lr_scheduler=prof.sft_lr_scheduler, warmup=prof.sft_warmup,
                   repeats=dict(prof.sft_repeat))
 
 
