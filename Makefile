@@ -20,7 +20,7 @@ CONSTITUTION ?= constitutions/harmless-general.yaml
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint clean help
+.PHONY: install demo test test-gpu-paths test-fast lint clean help
 help:
 	@echo "make demo   install everything and run the whole pipeline on the offline default model"
 	@echo "make test   install and run the tests (pytest + nbval) under CAI_PROFILE=ci"
@@ -48,6 +48,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
 	CAI_PROFILE=ci $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+
+# The GPU profiles' branches on this CPU: every notebook under the t4 stand-in (4-bit base, the
+# policy as its own critic over two rounds, sampled candidates labelled by the judge, GRPO), at
+# the ci profile's sizes with the offline model.
+test-gpu-paths: $(STAMP)
+	CAI_PROFILE=t4-cpu $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
 
 test-fast: $(STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q -m "not slow" --doctest-modules cai_utils tests

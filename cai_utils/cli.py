@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from .profiles import DEFAULT_MODEL, PROFILES, get_profile
+from .profiles import DEFAULT_MODEL, get_profile, profile_names
 from .report import DEFAULT_CONSTITUTION
 
 
@@ -241,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Constitutional AI end to end: constitutions, critique-revision data, "
                     "RLAIF preferences, training and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    profile_help = f"sizes and models ({', '.join(PROFILES)}; default $CAI_PROFILE)"
+    profile_help = f"sizes and models ({', '.join(profile_names())}; default $CAI_PROFILE)"
 
     p = sub.add_parser("info", help="profile, device, package versions, and whether the "
                                     "default model loads")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--no-load", action="store_true", help="skip loading the default model")
     p.set_defaults(func=cmd_info)
 
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="answering model (default: the profile's policy)")
     p.add_argument("--critic-model", help="model that writes critiques and revisions "
                                           "(default: the answering model)")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--rounds", type=int)
     p.add_argument("--limit", type=int, nargs="+", metavar="N",
                    help="at most N prompts from each file (one N, or one per file)")
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-source", choices=["judge", "rule"],
                    help="which labels train: the judge's, or the pair's construction (both are "
                         "recorded; default: the profile's)")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--limit", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--merge", action="store_true",
                    help="also save the base with the adapter merged in, under OUT/merged")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("improve", help="iterative self-improvement: rounds of critique, label, "
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="start model (default: the profile's policy)")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="stop when quality falls more than this fraction (default 0.05)")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("evaluate", help="stage 4: harmlessness, refusals, helpfulness and the "
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out HarmBench's 159 standard behaviours")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
     p.add_argument("--judge-model", help="default: the profile's judge")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="the whole pipeline, resumable: validate, critique, label, "
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who writes stage 1's critiques and revisions: the course-written data "
                         "(harmless-general only), the policy itself, or a model id "
                         "(default: the profile's)")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ablate", help="drop one principle at a time, retrain briefly, and "
@@ -372,14 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, metavar="N", help="red-team prompts per variant")
     p.add_argument("--steps", type=int, metavar="N", help="SFT steps per variant")
     p.add_argument("--limit", type=int, metavar="N", help="held-out prompts to rate")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
     p.add_argument("--constitution", required=True)
     p.add_argument("--judge-model")
     p.add_argument("--pairs", help="default: data/calibration/pairs.jsonl")
-    p.add_argument("--profile", choices=list(PROFILES), help=profile_help)
+    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -303,6 +303,39 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# What decides which branch of the code a profile takes (as opposed to how big it is): a CPU
+# stand-in of a GPU profile copies these and keeps the ``ci`` sizes and the offline model.
+BRANCH_FIELDS = ("critic", "load_in_4bit", "rounds", "round_temperatures", "few_shot",
+                 "candidate_mode", "label_source", "judge_mode", "tie_threshold",
+                 "lora_target_modules", "gradient_checkpointing", "rl")
+
+
+def stand_in(name: str) -> Profile:
+    """``t4-cpu`` / ``a100-cpu``: a GPU profile's code paths on a CPU, with the offline model.
+
+    Every branch choice of the GPU profile (4-bit, its own critic, two or three critique rounds,
+    sampled candidates labelled by the judge with a tie threshold, LoRA on every linear layer,
+    GRPO instead of PPO on a 4-bit base, ...) with the ``ci`` profile's sizes, the offline
+    default model, fp32 and no hub checks, so the tests and notebooks can run each GPU branch
+    here. The GPU's compute dtype is left out: a CPU has no fp16 kernels worth the name.
+
+    >>> t4 = stand_in("t4-cpu")
+    >>> (t4.load_in_4bit, t4.candidate_mode, t4.policy_model, t4.n_red_team == PROFILES["ci"].n_red_team)
+    (True, 'samples', 'default', True)
+    """
+    gpu = PROFILES.get(name.removesuffix("-cpu"))
+    if not name.endswith("-cpu") or gpu is None or gpu.policy_model == DEFAULT_MODEL:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(profile_names())}")
+    return PROFILES["ci"].replace(
+        name=name, description=f"{gpu.name}'s code paths on a CPU, with the offline model and ci sizes",
+        hardware="any CPU", **{field: getattr(gpu, field) for field in BRANCH_FIELDS})
+
+
+def profile_names() -> list[str]:
+    """Every name ``get_profile`` accepts: the profiles and the CPU stand-ins of the GPU ones."""
+    return list(PROFILES) + [f"{n}-cpu" for n, p in PROFILES.items() if p.policy_model != DEFAULT_MODEL]
+
+
 def cpu_has_bf16() -> bool:
     """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX-BF16, read from
     /proc/cpuinfo; False where that file does not exist)."""
@@ -354,9 +387,6 @@ def get_profile(name: "str | Profile | None" = None) -> Profile:
     if isinstance(name, Profile):
         return name
     chosen = name or os.environ.get("CAI_PROFILE") or ("t4" if has_cuda() else "cpu")
-    try:
+    if chosen in PROFILES:
         return PROFILES[chosen]
-    except KeyError:
-        raise ValueError(
-            f"unknown profile {chosen!r}: choose one of {', '.join(PROFILES)}"
-        ) from None
+    return stand_in(chosen)  # t4-cpu, a100-cpu; anything else is a one-line ValueError

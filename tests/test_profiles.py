@@ -64,8 +64,10 @@ def test_default_without_env_is_cpu_here(monkeypatch):
 
 def test_unknown_profile_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("CAI_PROFILE", "tpu")
-    with pytest.raises(ValueError, match="unknown profile 'tpu': choose one of ci, cpu, t4, a100"):
+    with pytest.raises(ValueError, match="unknown profile 'tpu': choose one of ci, cpu, t4, a100, t4-cpu, a100-cpu$"):
         get_profile()
+    with pytest.raises(ValueError, match="unknown profile 'cpu-cpu'"):
+        get_profile("cpu-cpu")  # only GPU profiles have a CPU stand-in
 
 
 def test_replace_and_roles():
@@ -127,3 +129,20 @@ def test_the_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch, tmp_path):
     assert profiles.cpu_has_bf16()
     info.write_text("processor: 0\nflags\t\t: fpu avx2 avx512f fma\n")
     assert not profiles.cpu_has_bf16()
+
+
+@pytest.mark.parametrize("gpu", ["t4", "a100"])
+def test_a_cpu_stand_in_takes_every_branch_of_its_gpu_profile_at_ci_sizes(gpu):
+    """The GPU profiles cannot run here; their stand-ins take the same code paths on CPU."""
+    from cai_utils.profiles import BRANCH_FIELDS, profile_names
+
+    real, ci, stand = PROFILES[gpu], PROFILES["ci"], get_profile(f"{gpu}-cpu")
+    assert f"{gpu}-cpu" in profile_names() and stand.name == f"{gpu}-cpu"
+    assert all(getattr(stand, f) == getattr(real, f) for f in BRANCH_FIELDS)
+    assert stand.policy_model == "default" and stand.dtype == "float32"
+    assert (stand.n_red_team, stand.sft_steps, stand.eval_prompts) == (ci.n_red_team, ci.sft_steps, ci.eval_prompts)
+    assert not stand.guard_model and not stand.xstest  # no hub here
+    # the branches that differ from ci are really taken
+    assert stand.candidate_mode == "samples" != ci.candidate_mode and stand.label_source == "judge"
+    assert stand.critic == "self" and stand.rounds > 1 and stand.lora_target_modules == "all-linear"
+    assert stand.load_in_4bit == (gpu == "t4")

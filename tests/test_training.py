@@ -316,3 +316,18 @@ def test_train_config_paths_resolve_from_another_directory(tmp_path, monkeypatch
     base, chain = adapter_chain(str(run / "ppo"))
     assert base == "default" and [Path(c).resolve() for c in chain] == [run / "sft", run / "ppo"]
     assert resolve_stored("default", run / "ppo") == "default"  # names and hub ids pass through
+
+
+@pytest.mark.slow
+def test_the_profile_sft_schedule_reaches_the_trainer(tmp_path, sft_data):
+    """The cpu profile's refusals formed only at a constant learning rate (linear decay to 0
+    halves the average rate of a short run): the schedule must reach TRL, and be recorded."""
+    rates = {}
+    for schedule in ("linear", "constant_with_warmup"):
+        prof = PROFILE.replace(sft_lr_scheduler=schedule, sft_warmup=0.0, sft_learning_rate=1e-4)
+        result = training.train_sft(sft_data, tmp_path / schedule, max_steps=3, profile=prof)
+        rates[schedule] = [e["learning_rate"] for e in result.log if "learning_rate" in e]
+        config = json.loads((tmp_path / schedule / "train_config.json").read_text())
+        assert config["lr_scheduler"] == schedule
+    assert rates["constant_with_warmup"] == [1e-4] * 3
+    assert rates["linear"][0] == 1e-4 > rates["linear"][1] > rates["linear"][2]
