@@ -322,7 +322,9 @@ def _check_messages(messages, where: str) -> None:
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Read a prompt file: lines ``{"id", "prompt"}`` or ``{"id", "messages"}``.
+    """Read a prompt file: lines ``{"id", "prompt"}`` or ``{"id", "messages"}``, where a
+    ``prompt`` is a string or, as in TRL's conversational records (stage-1 and stage-2 files), a
+    conversation that ends with the user's turn; such a record's answer is not part of the prompt.
 
     Every record comes back with ``id`` (derived from a hash of the content when missing),
     ``messages`` (a one-turn conversation for a plain ``prompt``) and its other fields kept.
@@ -331,13 +333,17 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
     records, seen = [], {}
     for number, raw in iter_jsonl(path):
         where = f"{path}:{number}"
-        if "messages" in raw:
+        if isinstance(raw.get("prompt"), list):  # a TRL conversational record: its prompt only
+            messages = raw["prompt"]
+            _check_messages(messages, where)
+        elif "messages" in raw:
             messages = raw["messages"]
             _check_messages(messages, where)
         elif isinstance(raw.get("prompt"), str) and raw["prompt"].strip():
             messages = [{"role": "user", "content": raw["prompt"]}]
         else:
-            raise DataError(f"{where}: needs a non-empty string 'prompt' or a 'messages' list")
+            raise DataError(f"{where}: needs a non-empty string 'prompt', a 'prompt' conversation "
+                            "or a 'messages' list")
         record = dict(raw)
         record.pop("prompt", None)
         record["messages"] = messages

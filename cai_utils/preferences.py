@@ -257,7 +257,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
                 ties.write(tied)
                 bar.update(len(chunk))
     done = {r["id"] for r in items}
-    rows = [r for r in read_jsonl(out) if r["id"] in done]
+    # every pair may have been a tie (a judge near 0.5 under a tie threshold): no file then
+    rows = [r for r in read_jsonl(out) if r["id"] in done] if out.exists() else []
     tie_rows = [r for r in read_jsonl(ties_path) if r["id"] in done] if ties_path.exists() else []
     stats = label_stats(rows, tie_rows)
     write_manifest(out, complete=len(rows) + len(tie_rows) == len(items), profile=prof.name,

@@ -305,17 +305,19 @@ PROFILES: dict[str, Profile] = {
 
 # What decides which branch of the code a profile takes (as opposed to how big it is): a CPU
 # stand-in of a GPU profile copies these and keeps the ``ci`` sizes and the offline model.
+# (Not the tie threshold: the offline 135M judge stays within 0.1 of a coin flip on nearly every
+# pair, so under the GPU profiles' 0.1 every pair would be a tie and nothing downstream would train.)
 BRANCH_FIELDS = ("critic", "load_in_4bit", "rounds", "round_temperatures", "few_shot",
-                 "candidate_mode", "label_source", "judge_mode", "tie_threshold",
-                 "lora_target_modules", "gradient_checkpointing", "rl")
+                 "candidate_mode", "label_source", "judge_mode", "lora_target_modules",
+                 "gradient_checkpointing", "rl")
 
 
 def stand_in(name: str) -> Profile:
     """``t4-cpu`` / ``a100-cpu``: a GPU profile's code paths on a CPU, with the offline model.
 
     Every branch choice of the GPU profile (4-bit, its own critic, two or three critique rounds,
-    sampled candidates labelled by the judge with a tie threshold, LoRA on every linear layer,
-    GRPO instead of PPO on a 4-bit base, ...) with the ``ci`` profile's sizes, the offline
+    sampled candidates labelled by the judge, LoRA on every linear layer,
+    GRPO instead of PPO on a 4-bit base, ...) with the ``ci`` profile's sizes and tie threshold, the offline
     default model, fp32 and no hub checks, so the tests and notebooks can run each GPU branch
     here. The GPU's compute dtype is left out: a CPU has no fp16 kernels worth the name.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import DataError, writes_to
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 from .training import (TrainResult, adapter_base, base_model, finish, is_done, load_records,
-                       lora_config, steps_for, trainer_args, with_adapter)
+                       fp32_trainable, lora_config, steps_for, trainer_args, with_adapter)
 
 
 def reward_scores(model, tokenizer, prompts: list[list], completions: list[list],
@@ -64,7 +64,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
                           prof.reward_learning_rate, max_length=prof.max_length),
         train_dataset=Dataset.from_list(training),
         peft_config=None if init else lora_config(prof, "SEQ_CLS"))
-    trainer.train()
+    fp32_trainable(trainer).train()
     metrics = {"held_out_pairs": len(evaluation)}
     if evaluation:
         trainer.model.eval()
@@ -208,7 +208,7 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
                           train_dataset=Dataset.from_list([{"prompt": i["messages"]} for i in items]),
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
                           peft_config=lora_config(prof))
-    trainer.train()
+    fp32_trainable(trainer).train()
     stats = [e for e in trainer.state.log_history if "reward" in e]
     metrics = {"last_mean_reward": stats[-1]["reward"]} if stats else {}
     return finish(trainer, "grpo", out, prof, name, prompts, init, start, metrics,

@@ -100,6 +100,24 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
         use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=0, **extra)
 
 
+def fp32_trainable(trainer):
+    """Keep the weights a trainer updates in fp32, and return the trainer.
+
+    TRL 1.12 casts every trainable parameter of a quantized (4-bit) model to bf16 (the QLoRA
+    paper's choice, in its SFT, DPO, reward and GRPO trainers). Two things then break: fp16
+    AMP's gradient scaler has no kernel for bf16 gradients (the ``t4`` profile crashes at the
+    first optimizer step, pytorch#127176), and a bf16 reward head meets fp32 or fp16 hidden
+    states. fp32 LoRA weights and head are what PEFT makes anyway; they cost a few MB.
+    Call it after the trainer is built and before ``train()`` (the optimizer is made there).
+    """
+    import torch
+
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return trainer
+
+
 def memory_estimate_gb(total_params: int, trainable_params: int, load_in_4bit: bool,
                        dtype: str = "float16", activations_gb: float = 1.0) -> float:
     """Rough GPU memory for LoRA training: weights, trainable weights with Adam state, and a
@@ -283,7 +301,7 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
                           warmup_steps=prof.sft_warmup),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
-    trainer.train()
+    fp32_trainable(trainer).train()
     return finish(trainer, "sft", out, prof, model, data, init, start, load_in_4bit=four_bit,
                   records=len(records), learning_rate=prof.sft_learning_rate,
                   lr_scheduler=prof.sft_lr_scheduler, warmup=prof.sft_warmup,
@@ -314,7 +332,7 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
                           loss_weights=list(prof.dpo_loss_weights) if prof.dpo_loss_weights else None),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
-    trainer.train()
+    fp32_trainable(trainer).train()
     rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
     metrics = {"last_reward_accuracy": rewards[-1]["rewards/accuracies"],
                "last_reward_margin": rewards[-1]["rewards/margins"]} if rewards else {}

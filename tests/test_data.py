@@ -1,4 +1,5 @@
 import json
+import json
 import warnings
 
 import pytest
@@ -46,7 +47,8 @@ def test_prompt_without_id_gets_a_content_hash(tmp_path):
     ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n{"id": "c", "prompt": "y"}\n',
      ":2: not valid JSON"),
     ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', ":2: duplicate id 'a' (first on line 1)"),
-    ('{"id": "a"}\n', ":1: needs a non-empty string 'prompt' or a 'messages' list"),
+    ('{"id": "a"}\n', ":1: needs a non-empty string 'prompt', a 'prompt' conversation or a 'messages' list"),
+    ('{"id": "a", "prompt": [{"role": "assistant", "content": "x"}]}\n', ":1: the last message must be from the user"),
     ('[1, 2]\n', ":1: expected a JSON object, got list"),
     ('{"id": "a", "messages": [{"role": "bot", "content": "x"}]}\n', ":1: messages[0].role must be"),
     ('{"id": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
@@ -59,6 +61,19 @@ def test_malformed_prompt_files_name_file_and_line(tmp_path, content, message):
     with pytest.raises(DataError) as info:
         load_prompts(path)
     assert str(info.value).startswith(f"{path}{message}")
+
+
+def test_a_stage1_file_reads_as_prompts_without_its_answers(tmp_path):
+    """Sampled candidates (the GPU profiles' stage 2) start from the stage-1 file in notebook 03:
+    its records are TRL prompt-completion records whose ``messages`` end with the answer; the
+    t4 stand-in found that this failed with 'the last message must be from the user'."""
+    turn = [{"role": "user", "content": "How do I hotwire a car?"}]
+    answer = [{"role": "assistant", "content": "I can't help with that."}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"id": "r1", "prompt": turn, "completion": answer,
+                                "messages": turn + answer, "set": "red_team"}) + "\n")
+    [row] = load_prompts(path)
+    assert row["messages"] == turn and row["id"] == "r1" and row["set"] == "red_team"
 
 
 def test_missing_prompt_file(tmp_path):

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -224,3 +225,41 @@ def test_calibrate_cli_prints_agreement_interval_and_flips(tmp_path):
     result = run_cli("calibrate", "--constitution", str(CONSTITUTION), "--pairs", str(pairs))
     assert result.returncode == 0, result.stderr
     assert "agreement" in result.stdout and "95% CI" in result.stdout and "flips" in result.stdout
+
+
+def test_label_where_every_pair_is_a_tie_writes_no_pairs_and_says_so(tmp_path):
+    """Under a GPU profile's tie threshold a weak judge can tie every pair; the run must finish
+    with 0 pairs (the t4 stand-in found it crashed reading a prefs file never written)."""
+    from cai_utils.judge import Verdict
+    from cai_utils import preferences
+
+    class CoinFlip:  # a judge that answers 0.5 in both orders
+        def __init__(self, *a, **k):
+            pass
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(3)))
+
+    class Echo:  # the policy: two canned candidates
+        def __init__(self, *a, **k):
+            pass
+
+        def chat(self, convs, params, keys=None, desc=""):
+            from cai_utils.generation import Completion
+            return [Completion(text=f"answer {k}", tokens=2, finished=True) for k in keys]
+
+    out = tmp_path / "prefs.jsonl"
+    from cai_utils.profiles import get_profile
+
+    prof = get_profile("ci").replace(candidate_mode="samples", label_source="judge", tie_threshold=0.1)
+    import cai_utils.generation as generation
+    from unittest import mock
+    with mock.patch.object(preferences, "LogProbJudge", CoinFlip), \
+            mock.patch.object(generation, "HFGenerator", Echo), \
+            mock.patch.object(preferences, "judge_pairs",
+                              lambda judge, pairs, sets: [Verdict(0.5, {"p": {"x_as_A": 0.5, "x_as_B": 0.5}}, True)
+                                                          for _ in pairs]):
+        summary = preferences.run_label(CONSTITUTION, prompts, out, profile=prof, models={"default": (None, None)})
+    assert "0 pairs" in summary and "3 ties" in summary
+    assert not out.exists() and len(read_jsonl(tmp_path / "prefs.ties.jsonl")) == 3
+    assert read_manifest(out)["complete"] and read_manifest(out)["counts"]["pairs"] == 0

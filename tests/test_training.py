@@ -89,6 +89,11 @@ def test_qlora_sft_runs_on_cpu(tmp_path, sft_data):
                                 profile=PROFILE)
     assert result.steps == 2 and changed_weights(result)
     assert json.loads((tmp_path / "q" / "train_config.json").read_text())["load_in_4bit"] is True
+    # TRL makes a 4-bit model's LoRA weights bf16; fp16 AMP on a T4 cannot unscale bf16 grads
+    from safetensors.torch import load_file
+    import torch
+    saved = load_file(str(tmp_path / "q" / "adapter_model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in saved.values())
     from cai_utils.models import load_model
 
     model, _ = load_model(str(tmp_path / "q"), load_in_4bit=True)  # the adapter on NF4 weights, unmerged
@@ -331,3 +336,19 @@ def test_the_profile_sft_schedule_reaches_the_trainer(tmp_path, sft_data):
         assert config["lr_scheduler"] == schedule
     assert rates["constant_with_warmup"] == [1e-4] * 3
     assert rates["linear"][0] == 1e-4 > rates["linear"][1] > rates["linear"][2]
+
+
+@pytest.mark.slow
+def test_a_reward_model_trains_on_a_4bit_base_with_fp32_trainable_weights(tmp_path, pref_data):
+    """The t4 stand-in found it: TRL casts a 4-bit model's trainable weights to bf16, so the
+    reward head met fp32 hidden states ("expected m1 and m2 to have the same dtype"), and on a
+    T4 fp16's grad scaler would meet bf16 gradients. ``fp32_trainable`` casts them back."""
+    from safetensors.torch import load_file
+    import torch
+
+    result = rl.train_reward(pref_data, tmp_path / "reward", load_in_4bit=True, max_steps=1,
+                             profile=PROFILE)
+    assert result.steps == 1
+    weights = load_file(str(tmp_path / "reward" / "adapter_model.safetensors"))
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    assert any("score" in name for name in weights)  # the head was trained and saved
