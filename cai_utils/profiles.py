@@ -31,8 +31,8 @@ class Profile:
     dtype: str = "float32"  # compute dtype: float32 on CPU, float16 on T4, bfloat16 on Ampere+
     # On a CPU with native bf16 dot products (AVX512-BF16 or AMX, see ``cpu_has_bf16``): answer
     # and judge in bfloat16, and train with bf16 autocast over fp32 weights (LoRA and optimizer
-    # state stay fp32). On this course's CPU a bf16 matmul ran ~4x and an SFT step ~2x faster
-    # than fp32. Elsewhere, and on GPUs (which use ``dtype``), nothing changes.
+    # state stay fp32). On this course's CPU a bf16 matmul ran ~4x, greedy answers 2.6x and an
+    # SFT step ~1.5x faster than fp32. Elsewhere, and on GPUs (which use ``dtype``), nothing changes.
     cpu_bf16: bool = False
 
     # Stage 1: critique-revision data.
@@ -316,10 +316,10 @@ def stand_in(name: str) -> Profile:
     """``t4-cpu`` / ``a100-cpu``: a GPU profile's code paths on a CPU, with the offline model.
 
     Every branch choice of the GPU profile (4-bit, its own critic, two or three critique rounds,
-    sampled candidates labelled by the judge, LoRA on every linear layer,
-    GRPO instead of PPO on a 4-bit base, ...) with the ``ci`` profile's sizes and tie threshold, the offline
-    default model, fp32 and no hub checks, so the tests and notebooks can run each GPU branch
-    here. The GPU's compute dtype is left out: a CPU has no fp16 kernels worth the name.
+    sampled candidates labelled by the judge, LoRA on every linear layer, GRPO instead of PPO
+    on a 4-bit base, ...) with the ``ci`` profile's sizes and tie threshold, the offline default
+    model, fp32 and no hub checks, so the tests and notebooks can run each GPU branch here. The
+    GPU's compute dtype is left out: a CPU has no fp16 kernels worth the name.
 
     >>> t4 = stand_in("t4-cpu")
     >>> (t4.load_in_4bit, t4.candidate_mode, t4.policy_model, t4.n_red_team == PROFILES["ci"].n_red_team)
