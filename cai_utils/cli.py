@@ -22,11 +22,14 @@ def _err(message: str) -> int:
 def cmd_info(args) -> int:
     from .data import package_versions
     from .models import cache_dir, load_model, pick_device
-    from .profiles import get_profile
+    from .profiles import get_profile, inference_dtype, uses_cpu_bf16
 
     profile = get_profile(args.profile)
     print(f"profile   {profile.name}: {profile.description}")
     print(f"device    {pick_device('auto')}")
+    print(f"compute   answers and judging in {inference_dtype(profile)}, training "
+          + ("with bf16 autocast over fp32 weights (the CPU has native bf16)" if uses_cpu_bf16(profile)
+             else f"in {profile.dtype}"))
     print(f"policy    {profile.policy_model}  (critic {profile.model_for('critic')}, "
           f"judge {profile.model_for('judge')}, 4-bit {profile.load_in_4bit})")
     print(f"cache     {cache_dir()}")

@@ -18,6 +18,13 @@ def test_info_without_loading():
     result = run("info", "--no-load", "--profile", "ci")
     assert result.returncode == 0, result.stderr
     assert "profile   ci" in result.stdout and "transformers" in result.stdout
+    assert "answers and judging in float32, training in float32" in result.stdout  # ci never bf16
+
+
+def test_info_accepts_the_cpu_stand_ins_of_the_gpu_profiles():
+    result = run("info", "--no-load", "--profile", "t4-cpu")
+    assert result.returncode == 0, result.stderr
+    assert "profile   t4-cpu" in result.stdout and "4-bit True" in result.stdout
 
 
 def test_info_loads_the_default_model():
