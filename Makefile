@@ -23,7 +23,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test test-gpu-paths test-fast lint clean help
 help:
 	@echo "make demo   install everything and run the whole pipeline on the offline default model"
-	@echo "make test   install and run the tests (pytest + nbval) under CAI_PROFILE=ci"
+	@echo "make test   install and run the tests (pytest + nbval), the notebooks under ci, t4-cpu and a100-cpu"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -45,16 +45,21 @@ demo: $(STAMP)
 	CAI_PROFILE=$(PROFILE) $(PY) -m cai_utils run --profile $(PROFILE) --constitution $(CONSTITUTION) --out $(OUT)
 	@echo "The report: $(OUT)/report/report.md (charts in $(OUT)/report/charts/)"
 
+# The tests, then every notebook under the ci profile and under the CPU stand-ins of the GPU
+# profiles (t4-cpu: 4-bit base, the policy as its own critic over two rounds, sampled candidates
+# labelled by the judge, GRPO; a100-cpu: 16-bit base, three rounds, every principle judged, PPO),
+# at the ci profile's sizes with the offline model. TQDM_DISABLE: notebook 07's pipeline cell sent
+# so many progress-bar updates that the kernel's end-of-cell message was lost and nbval timed out.
+NBVAL := $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
 test: $(STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
-	CAI_PROFILE=ci $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+	CAI_PROFILE=ci $(NBVAL)
+	$(MAKE) --no-print-directory test-gpu-paths
 
-# The GPU profiles' branches on this CPU: every notebook under the t4 stand-in (4-bit base, the
-# policy as its own critic over two rounds, sampled candidates labelled by the judge, GRPO), at
-# the ci profile's sizes with the offline model. TQDM_DISABLE: notebook 07's pipeline cell sends
-# so many progress-bar updates that the kernel's end-of-cell message was lost and nbval timed out.
+# The GPU profiles' branches on this CPU (part of make test).
 test-gpu-paths: $(STAMP)
-	TQDM_DISABLE=1 CAI_PROFILE=t4-cpu $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+	TQDM_DISABLE=1 CAI_PROFILE=t4-cpu $(NBVAL)
+	TQDM_DISABLE=1 CAI_PROFILE=a100-cpu $(NBVAL)
 
 test-fast: $(STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q -m "not slow" --doctest-modules cai_utils tests
