@@ -102,15 +102,15 @@ def cmd_label(args) -> int:
 def cmd_calibrate(args) -> int:
     from . import constitution as cons
     from .data import project_root
-    from .models import load_model
+    from .models import load_for_inference
     from .judge import LogProbJudge, calibrate, load_calibration
-    from .profiles import get_profile, inference_dtype
+    from .profiles import get_profile
 
     profile = get_profile(args.profile)
     const = cons.load(args.constitution)
     rows = load_calibration(args.pairs or project_root() / "data/calibration/pairs.jsonl", const)
     name = args.judge_model or profile.model_for("judge")
-    model, tokenizer = load_model(name, load_in_4bit=profile.load_in_4bit, dtype=inference_dtype(profile))
+    model, tokenizer = load_for_inference(name, profile)
     result = calibrate(LogProbJudge(model, tokenizer, batch_size=profile.batch_size), const, rows)
     print(f"judge {name} on {len(rows)} hand-labelled pairs ({const.name} {const.version}):")
     for kind in [k for k in result if k not in ("verdicts", "bias_towards_A")]:

@@ -238,8 +238,8 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     """
     from . import constitution as cons
     from .generation import HFGenerator
-    from .models import load_model
-    from .profiles import get_profile, inference_dtype
+    from .models import load_for_inference
+    from .profiles import get_profile
 
     prof = get_profile(profile)
     const = cons.as_constitution(constitution)
@@ -272,7 +272,7 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     start = time.perf_counter()
     if todo:
         for name in {model, critic_model} - loaded.keys():
-            loaded[name] = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+            loaded[name] = load_for_inference(name, prof)
         answerer = HFGenerator(*loaded[model], batch_size=batch)
         critic = answerer if critic_model == model else HFGenerator(*loaded[critic_model], batch_size=batch)
         with writer, tqdm(total=len(items), initial=len(items) - len(todo), desc="stage 1",

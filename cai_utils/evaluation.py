@@ -22,13 +22,12 @@ def refusal_quality(model_name: str, profile=None, models: dict | None = None,
     helpful prompts answered, and ``quality``, the mean of declining harm and answering the
     rest (each of the two halves weighted equally)."""
     from .generation import HFGenerator, SamplingParams
-    from .models import load_model
-    from .profiles import get_profile, inference_dtype
+    from .models import load_for_inference
+    from .profiles import get_profile
 
     prof = get_profile(profile)
     sets = held_out_sets(prof, split=split)
-    model, tokenizer = (models or {}).get(model_name) or load_model(
-        model_name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+    model, tokenizer = (models or {}).get(model_name) or load_for_inference(model_name, prof)
     engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=False)
     rows = [(name, item) for name in SETS for item in sets[name]]
     outs = engine.chat([item["messages"] for _, item in rows],

@@ -225,6 +225,22 @@ def load_model(
     return model, tokenizer
 
 
+def load_for_inference(name: str, profile, *, load_in_4bit: bool | None = None, **kwargs):
+    """``load_model`` with a profile's choices for answering and judging: its 4-bit setting and
+    its inference dtype (bf16 on a CPU with native bf16 under ``cpu_bf16``, else its ``dtype``).
+
+    Args:
+        name: as for ``load_model``.
+        profile: a ``Profile``.
+        load_in_4bit: overrides the profile's choice (a guard model, say, stays 16-bit).
+        kwargs: passed on to ``load_model``.
+    """
+    from .profiles import inference_dtype
+
+    four_bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
+    return load_model(name, load_in_4bit=four_bit, dtype=inference_dtype(profile), **kwargs)
+
+
 def stored_path(value: str | None, folder: str | Path) -> str | None:
     """How ``train_config.json`` records a model or adapter it depends on: a local folder as a
     path relative to ``folder`` (the adapter's own), so a run folder can be moved or read from

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .data import DataError, writes_to, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
-from .profiles import Profile, get_profile, inference_dtype
+from .profiles import Profile, get_profile
 from .report import DEFAULT_CONSTITUTION
 
 STAGES = ("validate", "critique", "self_critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
@@ -219,7 +219,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     from .critique import run_critique
     from .evaluation import HarmRater, bootstrap_ci, held_out_sets, is_refusal, paired_bootstrap
     from .generation import HFGenerator, SamplingParams
-    from .models import load_model
+    from .models import load_for_inference
     from .training import is_done, train_sft
 
     prof = get_profile(profile)
@@ -228,7 +228,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     out = Path(out)
     red = _prompt_files()[0]
     tests = held_out_sets(prof, eval_limit)["red_team"]
-    judge, judge_tok = load_model(prof.model_for("judge"), load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+    judge, judge_tok = load_for_inference(prof.model_for("judge"), prof)
     rater = HarmRater(judge, judge_tok, full, batch_size=prof.batch_size, progress=progress)
     results = {}
     for name, const in variants.items():
@@ -238,7 +238,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
         if not is_done(folder / "sft"):
             train_sft(folder / "sft.jsonl", folder / "sft", model=prof.policy_model,
                       max_steps=sft_steps, profile=prof)
-        model, tokenizer = load_model(str(folder / "sft"), dtype=inference_dtype(prof))
+        model, tokenizer = load_for_inference(str(folder / "sft"), prof, load_in_4bit=False)
         answers = [c.text for c in HFGenerator(model, tokenizer, prof.batch_size, progress=progress).chat(
             [t["messages"] for t in tests], SamplingParams(max_new_tokens=prof.max_new_tokens),
             desc=f"answers ({name})")]

@@ -186,8 +186,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
     from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts,
                        read_jsonl, write_manifest)
     from .generation import HFGenerator, SamplingParams
-    from .models import load_model
-    from .profiles import get_profile, inference_dtype
+    from .models import load_for_inference
+    from .profiles import get_profile
 
     prof = get_profile(profile)
     const = cons.as_constitution(constitution)
@@ -228,7 +228,7 @@ def run_label(constitution, prompts, out, model: str | None = None,
     if todo:
         needed = {judge_model} | ({model} if candidates == "samples" else set())
         for name in needed - loaded.keys():
-            loaded[name] = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+            loaded[name] = load_for_inference(name, prof)
         judge = LogProbJudge(*loaded[judge_model], batch_size=batch)
         policy = HFGenerator(*loaded[model], batch_size=batch) if candidates == "samples" else None
         with writer, ties, tqdm(total=len(items), initial=len(items) - len(todo),

@@ -83,7 +83,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
     """Greedy answers on the held-out sets and capability scores for one model, cached on disk
     (keyed on the model's weights, the prompts, the tasks and every generation setting)."""
     from .generation import HFGenerator, SamplingParams
-    from .models import load_model
+    from .models import load_for_inference
 
     items = [dict(i, set=s) for s, rows in sets.items() for i in rows]
     ids = [f"{i['set']}/{i['id']}" for i in items]
@@ -94,7 +94,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
         return {"answers": cached, "capability": json.loads((out / "answers" / f"{label}.capability.json").read_text()),
                 "seconds": read_manifest(path)["seconds"], "cached": True}
     start = time.perf_counter()
-    model, tokenizer = load_model(name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+    model, tokenizer = load_for_inference(name, prof)
     engine = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=progress)
     outs = [None] * len(items)
     for short in (False, True):
@@ -138,7 +138,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
     """
     from . import constitution as cons
     from .external import HARMBENCH_INSTALL, harmbench_source
-    from .models import display_name, load_model
+    from .models import display_name, load_for_inference
     from .judge import LogProbJudge
 
     if "base" not in models:
@@ -166,7 +166,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
                  for label, name in models.items()}
 
     judge_name = judge_model or prof.model_for("judge")
-    model, tokenizer = load_model(judge_name, load_in_4bit=prof.load_in_4bit, dtype=inference_dtype(prof))
+    model, tokenizer = load_for_inference(judge_name, prof)
     rater = HarmRater(model, tokenizer, const, batch_size=prof.batch_size, progress=progress)
     judge = LogProbJudge(model, tokenizer, batch_size=prof.batch_size, progress=progress)
     scores = {}
@@ -192,7 +192,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         reason = guard_available(prof.guard_model)
         if reason is None:
             del model, rater, judge  # the constitution judge is done: make room for the guard
-            guard_model, guard_tokenizer = load_model(prof.guard_model, dtype=inference_dtype(prof))
+            guard_model, guard_tokenizer = load_for_inference(prof.guard_model, prof, load_in_4bit=False)
             guard = GuardJudge(guard_model, guard_tokenizer, batch_size=prof.batch_size,
                                progress=progress)
             unparsed = {}

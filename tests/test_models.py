@@ -161,3 +161,19 @@ def test_an_adapter_on_a_4bit_base_keeps_its_effect(tmp_path):
         adapted = q_proj(load_model(str(folder), load_in_4bit=True, device="cpu")[0])(eye)
     kept = float(((adapted - plain) * update).sum() / (update * update).sum())
     assert 0.95 < kept < 1.05, kept
+
+
+def test_load_for_inference_takes_the_profiles_4bit_and_dtype(monkeypatch):
+    from cai_utils.profiles import PROFILES
+
+    seen = []
+    monkeypatch.setattr(models, "load_model", lambda name, **kw: seen.append((name, kw)) or ("m", "t"))
+    monkeypatch.setattr("cai_utils.profiles.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: False)
+    four_bit = PROFILES["ci"].replace(load_in_4bit=True)
+    assert models.load_for_inference("default", four_bit) == ("m", "t")
+    models.load_for_inference("default", PROFILES["ci"].replace(cpu_bf16=True))
+    models.load_for_inference("guard", four_bit, load_in_4bit=False)
+    assert seen == [("default", {"load_in_4bit": True, "dtype": "float32"}),
+                    ("default", {"load_in_4bit": False, "dtype": "bfloat16"}),
+                    ("guard", {"load_in_4bit": False, "dtype": "float32"})]
