@@ -9,6 +9,7 @@ endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.cai-installed
+BROWSER_STAMP := $(VENV)/.cai-browser
 # torch is installed first, pinned, so pip never pulls a multi-GB CUDA build on a CPU machine.
 # Elsewhere than this course's machines, add a CPU index: make demo TORCH_INDEX=<cpu wheel index>
 TORCH := torch==2.13.0
@@ -37,6 +38,14 @@ $(STAMP): $(PY) requirements.txt pyproject.toml
 	$(PIP) install -q -e .
 	touch $(STAMP)
 
+# Only for make test: tests/test_browser.py drives the system's Chromium with Playwright (which
+# downloads no browser here); without either, that test skips with one line.
+$(BROWSER_STAMP): $(STAMP)
+	$(PIP) install -q playwright==1.65.2
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium >/dev/null) || echo "No Chromium: tests/test_browser.py will skip"
+	touch $(BROWSER_STAMP)
+
 install: $(STAMP)
 
 # The whole pipeline under the cpu profile (resumes if interrupted: run it again).
@@ -51,7 +60,7 @@ demo: $(STAMP)
 # at the ci profile's sizes with the offline model. TQDM_DISABLE: notebook 07's pipeline cell sent
 # so many progress-bar updates that the kernel's end-of-cell message was lost and nbval timed out.
 NBVAL := $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
 	CAI_PROFILE=ci $(NBVAL)
 	$(MAKE) --no-print-directory test-gpu-paths

@@ -188,3 +188,61 @@ def test_edit_is_validated_and_versioned():
         c.edit("a", critique=" ")
     with pytest.raises(KeyError):
         c.edit("zzz", critique="x")
+
+
+# --- The editor of notebook 01 (cai_utils.editor) ----------------------------------------------
+
+def editor_on(tmp_path, **changes):
+    from cai_utils.editor import ConstitutionEditor
+
+    source = tmp_path / "tiny.yaml"
+    source.write_bytes(variant(**changes))
+    return ConstitutionEditor(source, tmp_path / "out", principle="a")
+
+
+def test_editor_edits_and_saves_nothing_until_asked(tmp_path):
+    # The old notebook cell applied a default edit and saved it as soon as it ran, in live use too.
+    editor = editor_on(tmp_path)
+    assert editor.path is None and not (tmp_path / "out").exists()
+    assert editor.current == editor.original
+    assert {f: box.value for f, box in editor.boxes.items()} == {
+        "critique": "Critique A.", "revision": "Revise A.", "preference": "Which A?"}
+    assert editor.save() is None and not (tmp_path / "out").exists()  # nothing changed yet
+    assert "nothing to save" in editor.status.value
+
+
+def test_editor_bumps_from_the_files_version_then_from_each_save(tmp_path):
+    # The old cell bumped from the shipped file every time: each save was 1.1.0, overwritten.
+    editor = editor_on(tmp_path, version="2.3.0")
+    editor.boxes["critique"].value = "Sharper A."
+    assert "valid</b>: tiny 2.4.0" in editor.status.value
+    editor.button.click()  # the button's own path
+    first = cons.load(tmp_path / "out" / "tiny-2.4.0.yaml")
+    assert editor.path == tmp_path / "out" / "tiny-2.4.0.yaml" and first.version == "2.4.0"
+    assert first.principle("a").critique == "Sharper A." and "saved to" in editor.status.value
+    second_path = editor.apply("b", revision="Revise B, gently.")
+    second = cons.load(second_path)
+    assert second_path.name == "tiny-2.5.0.yaml" and second.version == "2.5.0"
+    assert second.principle("a").critique == "Sharper A."  # the first edit is kept
+    assert second.principle("b").revision == "Revise B, gently."
+    assert cons.load(tmp_path / "out" / "tiny-2.4.0.yaml") == first  # not overwritten
+    editor.pick.value = "a"
+    assert editor.boxes["critique"].value == "Sharper A."  # shows the saved texts
+
+
+def test_editor_never_overwrites_an_earlier_sessions_file(tmp_path):
+    earlier = editor_on(tmp_path)
+    earlier.apply("a", critique="Yesterday's edit.")
+    today = editor_on(tmp_path)  # a new session, from the same file
+    assert today.apply("a", critique="Today's edit.").name == "tiny-1.2.0.yaml"
+    assert cons.load(tmp_path / "out" / "tiny-1.1.0.yaml").principle("a").critique == (
+        "Yesterday's edit.")
+    again = editor_on(tmp_path)  # the same edit again (a rerun in CI) reuses its version
+    assert again.apply("a", critique="Yesterday's edit.").name == "tiny-1.1.0.yaml"
+
+
+def test_editor_writes_nothing_for_an_invalid_edit(tmp_path):
+    editor = editor_on(tmp_path)
+    editor.boxes["preference"].value = "   "
+    assert "invalid" in editor.status.value and "principles[0].preference" in editor.status.value
+    assert editor.save() is None and not (tmp_path / "out").exists()
