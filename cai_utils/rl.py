@@ -123,8 +123,9 @@ def _policy(init, model: str | None, profile: Profile):
 
 
 PPO_NEEDS_FULL_VALUE_MODEL = (
-    "PPO trains a full value model beside the policy, which does not fit this profile's "
-    "4-bit GPU budget; use `train grpo` (no value model) here, or the a100 profile")
+    "PPO holds three 16-bit copies of the model (the policy with the SFT adapter merged, the "
+    "reward model, and the value model over a copy of it), beyond this profile's 4-bit GPU "
+    "budget; use `train grpo` (no value model) here, or the a100 profile")
 
 
 @writes_to("out")

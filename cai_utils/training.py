@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,10 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
                  **extra):
     """TRL config for a profile. Gradient checkpointing only with CUDA: on this course's CPU it
     made DPO, reward and PPO steps 6-7x slower (TRL 1.x turns it on by default). The model's
-    weights load in the profile's ``dtype``; bf16 here is autocast (mixed precision)."""
+    weights load in the profile's ``dtype``; bf16 here is autocast (mixed precision). Under
+    ``TQDM_DISABLE`` the trainers print their logs instead of drawing a progress bar: in a
+    notebook, transformers' bar sends a display update per step, and under nbval that flood made
+    the kernel's end-of-cell message arrive too late (notebook 07 under ``t4-cpu``)."""
     import torch
 
     from .profiles import uses_cpu_bf16
@@ -97,7 +101,8 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
         fp16=cuda and profile.dtype == "float16",
         # bf16 autocast: on Ampere+ GPUs, and on a CPU with native bf16 under ``cpu_bf16``
         bf16=(cuda and profile.dtype == "bfloat16") or (not cuda and uses_cpu_bf16(profile, "cpu")),
-        use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=0, **extra)
+        use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+        disable_tqdm=True if os.environ.get("TQDM_DISABLE") else None, **extra)
 
 
 def fp32_trainable(trainer):

@@ -352,3 +352,15 @@ def test_a_reward_model_trains_on_a_4bit_base_with_fp32_trainable_weights(tmp_pa
     weights = load_file(str(tmp_path / "reward" / "adapter_model.safetensors"))
     assert weights and all(w.dtype == torch.float32 for w in weights.values())
     assert any("score" in name for name in weights)  # the head was trained and saved
+
+
+def test_tqdm_disable_turns_the_trainers_progress_bar_into_printed_logs(tmp_path, monkeypatch):
+    """In a notebook transformers draws its bar with a display update per step; under nbval that
+    flood lost notebook 07's end-of-cell message (t4-cpu). ``TQDM_DISABLE`` switches it off."""
+    from trl import SFTConfig
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not training.trainer_args(SFTConfig, PROFILE, tmp_path, 1, 1e-4).disable_tqdm
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    args = training.trainer_args(SFTConfig, PROFILE, tmp_path, 1, 1e-4)
+    assert args.disable_tqdm is True  # Trainer then prints logs (PrinterCallback), no bar
