@@ -57,7 +57,7 @@ def find_chromium() -> str | None:
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:
-    pytest.skip("browser test skipped: Playwright for Python is not installed (make install adds "
+    pytest.skip("browser test skipped: Playwright for Python is not installed (make test adds "
                 "it)", allow_module_level=True)
 CHROMIUM = find_chromium()
 if CHROMIUM is None:
