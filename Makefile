@@ -57,9 +57,11 @@ demo: $(STAMP)
 # The tests, then every notebook under the ci profile and under the CPU stand-ins of the GPU
 # profiles (t4-cpu: 4-bit base, the policy as its own critic over two rounds, sampled candidates
 # labelled by the judge, GRPO; a100-cpu: 16-bit base, three rounds, every principle judged, PPO),
-# at the ci profile's sizes with the offline model. TQDM_DISABLE: notebook 07's pipeline cell sent
-# so many progress-bar updates that the kernel's end-of-cell message was lost and nbval timed out.
-NBVAL := $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+# at the ci profile's sizes with the offline model. tests/nbval_output.py reads a cell's output while
+# it runs: nbval reads it only afterwards, and a long cell that prints a lot (notebook 07's pipeline)
+# overflowed the kernel's queue, lost its end-of-cell message and failed with "waiting for output".
+# TQDM_DISABLE keeps the GPU stand-ins' logs short (progress bars print as lines, trainers as logs).
+NBVAL := $(PY) -m pytest -q -p tests.nbval_output --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
 test: $(STAMP) $(BROWSER_STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
 	CAI_PROFILE=ci $(NBVAL)

@@ -1,9 +1,12 @@
 """Every notebook follows the course skeleton; nbval runs them (see the Makefile)."""
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +66,20 @@ def test_has_assertions_and_exercises(path):
 def test_readme_links_the_notebook(path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"{SLUG}/blob/main/notebooks/{path.name}" in readme
+
+
+@pytest.mark.slow
+def test_a_cell_that_prints_a_lot_ends_cleanly_under_nbval(tmp_path, root):
+    """A cell's output is read while it runs (tests/nbval_output.py), so the kernel's end-of-cell
+    message is not dropped from a full queue; without the plugin this cell fails with "Timeout of
+    5 seconds exceeded waiting for output" (notebook 07 did so in CI)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("for i in range(100_000):\n    print(i, flush=True)"),
+                nbformat.v4.new_code_cell("assert i == 99_999")]
+    nbformat.write(nb, tmp_path / "loud.ipynb")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.nbval_output", "-p", "no:cacheprovider",
+         "--nbval-lax", "--nbval-current-env", "--rootdir", str(tmp_path), str(tmp_path / "loud.ipynb")],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "2 passed" in run.stdout
