@@ -103,12 +103,13 @@ def cmd_calibrate(args) -> int:
     from . import constitution as cons
     from .data import project_root
     from .models import load_for_inference
-    from .judge import LogProbJudge, calibrate, load_calibration
+    from .judge import LogProbJudge, calibrate, calibration_sample, load_calibration
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
     const = cons.load(args.constitution)
-    rows = load_calibration(args.pairs or project_root() / "data/calibration/pairs.jsonl", const)
+    rows = calibration_sample(load_calibration(args.pairs or project_root() / "data/calibration/pairs.jsonl",
+                                               const), profile.calibration_pairs if args.limit is None else args.limit)
     name = args.judge_model or profile.model_for("judge")
     model, tokenizer = load_for_inference(name, profile)
     result = calibrate(LogProbJudge(model, tokenizer, batch_size=profile.batch_size), const, rows)
@@ -228,7 +229,7 @@ def cmd_ablate(args) -> int:
     from .pipeline import ablate
 
     result = ablate(args.constitution, args.out, args.principles, profile=args.profile,
-                    n_prompts=args.prompts, sft_steps=args.steps, eval_limit=args.limit)
+                    n_prompts=args.prompts, sft_steps=args.steps, eval_limit=args.limit, seed=args.seed)
     for name, r in result["variants"].items():
         h = r["harmlessness"]
         d = r["vs_full"]
@@ -244,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Constitutional AI end to end: constitutions, critique-revision data, "
                     "RLAIF preferences, training and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    profile_help = f"sizes and models ({', '.join(profile_names())}; default $CAI_PROFILE)"
+    # options every stage shares, declared once (argparse parent parsers)
+    with_profile = argparse.ArgumentParser(add_help=False)
+    with_profile.add_argument("--profile", choices=profile_names(),
+                              help=f"sizes and models ({', '.join(profile_names())}; default $CAI_PROFILE)")
 
-    p = sub.add_parser("info", help="profile, device, package versions, and whether the "
+    p = sub.add_parser("info", parents=[with_profile], help="profile, device, package versions, and whether the "
                                     "default model loads")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--no-load", action="store_true", help="skip loading the default model")
     p.set_defaults(func=cmd_info)
 
@@ -269,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("critique", help="stage 1: critique-revision SFT data (resumable JSONL)")
+    p = sub.add_parser("critique", parents=[with_profile], help="stage 1: critique-revision SFT data (resumable JSONL)")
     p.add_argument("--constitution", required=True)
     p.add_argument("--prompts", required=True, nargs="+", metavar="FILE",
                    help="JSONL prompt file(s): {id, prompt} or {id, messages} per line")
@@ -277,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="answering model (default: the profile's policy)")
     p.add_argument("--critic-model", help="model that writes critiques and revisions "
                                           "(default: the answering model)")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--rounds", type=int)
     p.add_argument("--limit", type=int, nargs="+", metavar="N",
                    help="at most N prompts from each file (one N, or one per file)")
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_critique)
 
-    p = sub.add_parser("label", help="stage 2: RLAIF preference pairs from a log-prob judge")
+    p = sub.add_parser("label", parents=[with_profile], help="stage 2: RLAIF preference pairs from a log-prob judge")
     p.add_argument("--constitution", required=True)
     p.add_argument("--prompts", required=True, metavar="FILE",
                    help="stage-1 records (candidates=revision) or a prompt file (samples)")
@@ -302,13 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-source", choices=["judge", "rule"],
                    help="which labels train: the judge's, or the pair's construction (both are "
                         "recorded; default: the profile's)")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.add_argument("--limit", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("train", help="stage 3: LoRA/QLoRA SFT, DPO, reward model, PPO or GRPO")
+    p = sub.add_parser("train", parents=[with_profile], help="stage 3: LoRA/QLoRA SFT, DPO, reward model, PPO or GRPO")
     p.add_argument("stage", choices=["sft", "dpo", "reward", "ppo", "grpo"])
     p.add_argument("--data", required=True, metavar="FILE",
                    help="stage-1 records (sft), stage-2 records (dpo, reward), prompts (ppo, grpo)")
@@ -320,10 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--merge", action="store_true",
                    help="also save the base with the adapter merged in, under OUT/merged")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("improve", help="iterative self-improvement: rounds of critique, label, "
+    p = sub.add_parser("improve", parents=[with_profile], help="iterative self-improvement: rounds of critique, label, "
                                        "SFT and DPO, stopping when quality drops")
     p.add_argument("--constitution", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -331,10 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="start model (default: the profile's policy)")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="stop when quality falls more than this fraction (default 0.05)")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_improve)
 
-    p = sub.add_parser("evaluate", help="stage 4: harmlessness, refusals, helpfulness and the "
+    p = sub.add_parser("evaluate", parents=[with_profile], help="stage 4: harmlessness, refusals, helpfulness and the "
                                         "alignment tax into report.json, report.md and charts")
     p.add_argument("--model", help="the base model (default: the profile's policy)")
     p.add_argument("--adapter", nargs="+", metavar="DIR",
@@ -353,10 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out HarmBench's 159 standard behaviours")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
     p.add_argument("--judge-model", help="default: the profile's judge")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", help="the whole pipeline, resumable: validate, critique, label, "
+    p = sub.add_parser("run", parents=[with_profile], help="the whole pipeline, resumable: validate, critique, label, "
                                    "SFT, DPO, reward, PPO, evaluate")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--constitution", default=DEFAULT_CONSTITUTION)
@@ -364,10 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who writes stage 1's critiques and revisions: the course-written data "
                         "(harmless-general only), the policy itself, or a model id "
                         "(default: the profile's)")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("ablate", help="drop one principle at a time, retrain briefly, and "
+    p = sub.add_parser("ablate", parents=[with_profile], help="drop one principle at a time, retrain briefly, and "
                                       "measure the fall in harmlessness")
     p.add_argument("--principles", required=True, nargs="+", metavar="ID")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -375,14 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, metavar="N", help="red-team prompts per variant")
     p.add_argument("--steps", type=int, metavar="N", help="SFT steps per variant")
     p.add_argument("--limit", type=int, metavar="N", help="held-out prompts to rate")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed; run again with others (into another --out) to see the spread")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("calibrate", help="the judge's agreement with hand-labelled pairs")
+    p = sub.add_parser("calibrate", parents=[with_profile], help="the judge's agreement with hand-labelled pairs")
     p.add_argument("--constitution", required=True)
     p.add_argument("--judge-model")
     p.add_argument("--pairs", help="default: data/calibration/pairs.jsonl")
-    p.add_argument("--profile", choices=profile_names(), help=profile_help)
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="N pairs spread over the file (default: the profile's calibration_pairs; 0: all)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -151,6 +151,20 @@ def load_calibration(path, constitution: Constitution) -> list[dict]:
     return rows
 
 
+def calibration_sample(rows: list[dict], n: int | None) -> list[dict]:
+    """``n`` hand-labelled pairs spread evenly over the file (which mixes clear and subtle pairs
+    and every principle), or all of them when ``n`` is None or 0 or at least the file's size.
+
+    >>> [r["id"] for r in calibration_sample([{"id": i} for i in range(10)], 3)]
+    [0, 3, 6]
+    >>> len(calibration_sample([{"id": i} for i in range(10)], None))
+    10
+    """
+    if not n or n >= len(rows):
+        return rows
+    return rows[::len(rows) // n][:n]
+
+
 def calibrate(judge: LogProbJudge, constitution: Constitution, rows: list[dict]) -> dict:
     """The judge against hand labels, each pair under the principle it tests, both orders."""
     pairs = [([{"role": "user", "content": r["prompt"]}], r["preferred"], r["other"]) for r in rows]

@@ -43,3 +43,39 @@ def test_package_exports_resolve():
 
     for name in cai_utils.__all__:
         assert getattr(cai_utils, name) is not None
+
+
+def test_every_stage_takes_the_profile_option():
+    from cai_utils.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["critique", "--constitution", "c", "--prompts", "p", "--out", "o"],
+                 ["label", "--constitution", "c", "--prompts", "p", "--out", "o"],
+                 ["train", "sft", "--data", "d", "--out", "o"], ["improve", "--constitution", "c", "--out", "o"],
+                 ["evaluate", "--out", "o"], ["run", "--out", "o"], ["info"],
+                 ["ablate", "--principles", "x", "--out", "o"], ["calibrate", "--constitution", "c"]):
+        assert parser.parse_args([*argv, "--profile", "t4-cpu"]).profile == "t4-cpu", argv[0]
+
+
+def test_ablate_passes_its_seed(monkeypatch):
+    from cai_utils import cli, pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "ablate", lambda *a, **kw: seen.update(kw) or {"variants": {}})
+    assert cli.main(["ablate", "--principles", "x", "--out", "o", "--seed", "3"]) == 0
+    assert seen["seed"] == 3
+
+
+def test_calibrate_takes_the_profiles_share_of_hand_labelled_pairs(monkeypatch, root):
+    from cai_utils import cli, judge, models
+    from cai_utils import constitution as cons
+
+    seen = []
+    monkeypatch.setattr(models, "load_for_inference", lambda name, profile: (None, None))
+    monkeypatch.setattr(judge, "LogProbJudge", lambda *a, **kw: None)
+    monkeypatch.setattr(judge, "calibrate", lambda j, c, rows: seen.append(len(rows)) or {"bias_towards_A": 0.5})
+    general = str(root / "constitutions" / "harmless-general.yaml")
+    for extra in ([], ["--limit", "5"], ["--limit", "0"]):
+        assert cli.main(["calibrate", "--constitution", general, "--profile", "ci", *extra]) == 0
+    total = len(judge.load_calibration(root / "data" / "calibration" / "pairs.jsonl", cons.load(general)))
+    assert seen == [12, 5, total] and total > 12  # the ci profile's calibration_pairs is 12
