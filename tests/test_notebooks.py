@@ -83,3 +83,34 @@ def test_a_cell_that_prints_a_lot_ends_cleanly_under_nbval(tmp_path, root):
         cwd=root, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:]
     assert "2 passed" in run.stdout
+
+
+MAP_TITLE = "Where this notebook sits"
+STAGE_NOTEBOOKS = [p for p in NOTEBOOKS if not p.name.startswith("00")]  # 00 has the full diagram
+
+
+def modules_used(path):
+    """The cai_utils modules a notebook's code imports or reaches through ``cai.NAME``."""
+    import cai_utils
+
+    code = "\n".join(source(c) for c in cells(path) if c["cell_type"] == "code")
+    used = set(re.findall(r"\bcai_utils\.(\w+)", code))
+    for names in re.findall(r"from cai_utils import ([\w ,]+)", code):
+        used |= {name.split(" as ")[0].strip() for name in names.split(",")}
+    used |= {cai_utils._WHERE.get(name, name) for name in re.findall(r"\bcai\.(\w+)", code)}
+    return used
+
+
+@pytest.mark.parametrize("path", STAGE_NOTEBOOKS, ids=lambda p: p.name)
+def test_has_a_map_cell_with_itself_in_bold_and_real_modules(path):
+    maps = [source(c) for c in cells(path)
+            if c["cell_type"] == "markdown" and MAP_TITLE in source(c)]
+    assert maps, f"{path.name} has no markdown cell titled {MAP_TITLE!r}"
+    text = maps[0]
+    assert f"**{path.name[:2]}" in text, "the notebook's own box should be in bold"
+    assert all(f"{p.name[:2]} " in text for p in STAGE_NOTEBOOKS), "the map shows every stage"
+    listed = {a or b for a, b in re.findall(r"\bcai_utils\.(\w+)|\b(\w+)\.py\b", text)}
+    assert listed, "the map names no cai_utils module"
+    missing = sorted(m for m in listed if not (ROOT / "cai_utils" / f"{m}.py").is_file())
+    assert not missing, f"no such cai_utils module: {missing}"
+    assert listed <= modules_used(path), "the map lists a module the notebook does not use"
