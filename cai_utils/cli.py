@@ -176,7 +176,7 @@ def cmd_improve(args) -> int:
     from . import constitution as cons
     from .evaluation import refusal_quality
     from .profiles import get_profile
-    from .training import cai_round, self_improve
+    from .improve import cai_round, self_improve
 
     profile = get_profile(args.profile)
     cons.load(args.constitution)  # a bad constitution fails here, before any model loads

@@ -229,6 +229,8 @@ def test_an_adapter_folder_loads_as_a_model(sft_adapter):
 
 
 def test_self_improve_stops_when_quality_drops_more_than_5_percent():
+    from cai_utils import improve
+
     scores = {"m0": 0.50, "m1": 0.60, "m2": 0.58, "m3": 0.40}
     calls = []
 
@@ -236,11 +238,11 @@ def test_self_improve_stops_when_quality_drops_more_than_5_percent():
         calls.append((r, model))
         return f"m{r}"
 
-    history = training.self_improve(round_fn, scores.get, "m0", rounds=5)
+    history = improve.self_improve(round_fn, scores.get, "m0", rounds=5)
     assert calls == [(1, "m0"), (2, "m1"), (3, "m2")]  # each round starts from the last kept model
     assert [h["model"] for h in history] == ["m0", "m1", "m2", "m3"]
     assert history[2].get("best") and "stopped" in history[3]  # 0.58 is within 5% of 0.60
-    assert training.self_improve(round_fn, scores.get, "m0")[-1]["round"] == 1  # one round by default
+    assert improve.self_improve(round_fn, scores.get, "m0")[-1]["round"] == 1  # one round by default
 
 
 @pytest.mark.slow
