@@ -21,7 +21,7 @@ from cai_utils.course_critic import write_course_arm
 from cai_utils.data import project_root
 from cai_utils.evaluation import refusal_quality
 from cai_utils.pipeline import stage1_items
-from cai_utils.preferences import run_label
+from cai_utils.preferences import STRATA, run_label
 from cai_utils.profiles import get_profile, uses_cpu_bf16
 from cai_utils.training import is_done, train_dpo, train_sft
 
@@ -119,6 +119,7 @@ def main() -> None:
             r = train_dpo(prefs, folder, init=sft_folders[int(spec.get("init", 0))], profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
         score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": sft_folders[int(spec.get("init", 0))].name,
+                                               "pair_strata": list(STRATA),
                                                **{("nll" if k == "sft" else k): v for k, v in spec.items()}})
 
 

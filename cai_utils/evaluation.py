@@ -42,17 +42,22 @@ def refusal_quality(model_name: str, profile=None, models: dict | None = None,
             "answers": {name: [o.text for (n, _), o in zip(rows, outs) if n == name] for name in SETS}}
 
 
-def stratified(items: list[dict], n: int | None, key: str = "category") -> list[dict]:
-    """The first ``n`` items taken in turn from each category, so a small sample still covers
-    every category; file order within a category.
+def stratified(items: list[dict], n: int | None, key: str | tuple[str, ...] = "category") -> list[dict]:
+    """The first ``n`` items taken in turn from each category (or each combination of the
+    fields in a tuple ``key``), so a small sample still covers every group; file order within
+    a group.
 
     >>> rows = [{"id": i, "category": c} for i, c in enumerate("aaabbc")]
     >>> [r["id"] for r in stratified(rows, 4)]
     [0, 3, 5, 1]
+    >>> rows = [{"id": i, "category": "a", "tactic": t} for i, t in enumerate(["direct"] * 3 + ["role-play"])]
+    >>> [r["id"] for r in stratified(rows, 2)], [r["id"] for r in stratified(rows, 2, ("category", "tactic"))]
+    ([0, 1], [0, 3])
     """
+    keys = (key,) if isinstance(key, str) else key
     groups: dict = {}
     for item in items:
-        groups.setdefault(item.get(key), []).append(item)
+        groups.setdefault(tuple(item.get(k) for k in keys), []).append(item)
     picked, depth = [], 0
     while len(picked) < min(n or len(items), len(items)):
         for rows in groups.values():

@@ -65,7 +65,8 @@ def pair_candidates(records: list[dict], mode: str) -> list[dict]:
     pairs = []
     for r in records:
         final = r["completion"][-1]["content"]
-        base = {"id": r["id"], "set": r.get("set"), "category": r.get("category"), "prompt": r["prompt"]}
+        base = {"id": r["id"], "set": r.get("set"), "category": r.get("category"),
+                "tactic": r.get("tactic"), "prompt": r["prompt"]}
         if r.get("set") in ("helpful", "borderline") and mode == "mix":
             if r.get("needless_refusal") and not is_refusal(final):  # a refusal cannot win here
                 pairs.append({**base, "kind": "benign", "x": final, "y": r["needless_refusal"]})
@@ -75,10 +76,15 @@ def pair_candidates(records: list[dict], mode: str) -> list[dict]:
     return pairs
 
 
+STRATA = ("category", "tactic")  # how pairs are sampled: every category and tactic in turn
+
+
 def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5) -> list[dict]:
     """``n`` pairs: ``benign_share`` of them benign (answer over a needless refusal) and the rest
     harmful (refusal over compliance) where both kinds are there, each kind stratified by
-    category (all pairs when n is None or 0). Pairs of any other kind count as harmful.
+    category and red-teaming tactic (direct, reframing, persistence, multi-turn: a policy that
+    learns to refuse only direct requests still answers the reframed ones), all pairs when n is
+    None or 0. Pairs of any other kind count as harmful.
 
     >>> ps = [{"kind": "harmful", "category": c} for c in "aab"] + [{"kind": "benign", "category": "x"}] * 3
     >>> [(p["kind"], p["category"]) for p in balanced(ps, 4)]
@@ -95,13 +101,13 @@ def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5) -> lis
     benign = [p for p in pairs if p["kind"] == "benign"]
     harmful = [p for p in pairs if p["kind"] != "benign"]
     if not benign or not harmful:
-        return stratified(benign or harmful, n)
+        return stratified(benign or harmful, n, STRATA)
     n_benign = min(len(benign), round(n * benign_share))
     n_harmful = min(len(harmful), n - n_benign)
     n_benign = min(len(benign), n - n_harmful)
     # stratified(rows, 0) would mean "all of them": a kind with no share takes none
-    return ((stratified(harmful, n_harmful) if n_harmful else [])
-            + (stratified(benign, n_benign) if n_benign else []))
+    return ((stratified(harmful, n_harmful, STRATA) if n_harmful else [])
+            + (stratified(benign, n_benign, STRATA) if n_benign else []))
 
 
 def preference_record(item_id: str, conversation: list, x: str, y: str, verdict: Verdict,
@@ -251,7 +257,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
                 for r, (conv, x, y), v in zip(chunk, pairs, verdicts):
                     record, tie = preference_record(r["id"], conv, x, y, v, source,
                                                     prof.tie_threshold, rule=candidates != "samples")
-                    extra = {k: r[k] for k in ("set", "category", "kind") if k in r}
+                    extra = ({k: r[k] for k in ("set", "category", "kind") if k in r}
+                             | ({"tactic": r["tactic"]} if r.get("tactic") else {}))
                     (tied if tie else kept).append({**record, **extra, **provenance})
                 writer.write(kept)
                 ties.write(tied)

@@ -119,6 +119,23 @@ def test_benign_share_sets_the_pair_mix_and_is_capped_by_what_there_is():
         balanced(rows, 4, benign_share=1.5)
 
 
+def test_the_cpu_pair_mix_covers_every_red_teaming_tactic_of_the_shipped_data():
+    """The harmful pairs were once all direct requests (stratified by category alone, in file
+    order), so DPO never saw a reframed, persistent or multi-turn one and unlearnt exactly
+    those refusals."""
+    from cai_utils.course_critic import select_course_records
+    from cai_utils.pipeline import stage1_items
+    from cai_utils.profiles import get_profile
+
+    prof = get_profile("cpu")
+    records = select_course_records(GENERAL, stage1_items(prof))
+    pairs = balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share)
+    harmful = [p for p in pairs if p["kind"] == "harmful"]
+    tactics = {r["tactic"] for r in records if r["set"] == "red_team"}
+    assert len(tactics) >= 4 and {p["tactic"] for p in harmful} == tactics
+    assert {p["category"] for p in harmful} == {r["category"] for r in records if r["set"] == "red_team"}
+
+
 def test_benign_pairs_are_judged_on_helpfulness_principles_and_harmful_ones_on_their_category():
     benign = principles_for(GENERAL, "b1", "all", kind="benign")
     assert benign and all(p.category == "helpfulness" for p in benign)
