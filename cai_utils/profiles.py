@@ -70,6 +70,9 @@ class Profile:
     tie_threshold: float = 0.0  # |p_chosen - 0.5| below this is a tie
     candidate_temperature: float = 1.0
     calibration_pairs: int | None = None  # hand-labelled pairs to check the judge on (None: all)
+    # Inverse CAI (notebook 08, `infer-constitution`): preference pairs each candidate principle
+    # is judged on (0: all); every pair costs two judge passes per candidate
+    inverse_pairs: int = 96
 
     # Stage 3: training.
     lora_r: int = 8
@@ -164,6 +167,7 @@ PROFILES: dict[str, Profile] = {
         few_shot=1,
         label_source="rule",
         calibration_pairs=12,
+        inverse_pairs=4,
         max_length=256,
         eval_prompts=4,
         eval_max_new_tokens=32,
@@ -195,6 +199,7 @@ PROFILES: dict[str, Profile] = {
         # takes the over-refusal back faster than the refusals (47% / 11% / 3%)
         label_source="rule",  # the 135M judge prefers a refusal even on benign pairs (README, stage 2)
         n_pairs=144,
+        inverse_pairs=48,
         benign_pair_share=0.75,  # 108 answer-over-needless-refusal pairs, 36 refusal-over-compliance
         sft_learning_rate=3e-4,
         sft_epochs=1.0,
