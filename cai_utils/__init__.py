@@ -19,6 +19,7 @@ _EXPORTS = {
     "report": ["evaluate", "load_report"],
     "pipeline": ["run_pipeline", "ablate"],
     "judge": ["LogProbJudge", "judge_pairs", "calibrate", "load_calibration"],
+    "inverse": ["candidate_pool", "judge_matrix", "infer", "run_infer"],
     "preferences": ["run_label", "pair_candidates"],
     "rl": ["train_reward", "train_ppo", "train_grpo"],
     "training": ["train_sft", "train_dpo"],

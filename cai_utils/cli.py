@@ -239,6 +239,16 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_infer_constitution(args) -> int:
+    from .inverse import run_infer
+
+    if args.top < 1:
+        return _err("--top must be at least 1: a constitution needs a principle")
+    print(run_infer(args.pairs, args.out, profile=args.profile, top_k=args.top, pool=args.pool,
+                    limit=args.limit, judge_model=args.judge_model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cai_utils",
@@ -383,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N",
                    help="N pairs spread over the file (default: the profile's calibration_pairs; 0: all)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("infer-constitution", parents=[with_profile], help="inverse CAI: the few "
+                       "principles (shipped and distractors) that best explain preference pairs")
+    p.add_argument("--pairs", required=True, metavar="FILE",
+                   help="preference pairs, {prompt, chosen, rejected} per line (stage 2's output)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the inferred constitution (YAML)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="at most K principles (default 5)")
+    p.add_argument("--pool", nargs="+", metavar="FILE",
+                   help="constitutions whose principles are the candidates (default: "
+                        "constitutions/*.yaml and data/inverse/distractors.yaml)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="N pairs spread over the file (default: the profile's inverse_pairs; 0: all)")
+    p.add_argument("--judge-model", help="default: the profile's judge")
+    p.set_defaults(func=cmd_infer_constitution)
     return parser
 
 
