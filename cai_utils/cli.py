@@ -399,12 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, metavar="FILE",
                    help="preference pairs, {prompt, chosen, rejected} per line (stage 2's output)")
     p.add_argument("--out", required=True, metavar="FILE", help="the inferred constitution (YAML)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="at most K principles (default 5)")
+    p.add_argument("--top", type=int, default=5, metavar="K",
+                   help="at most K principles (default 5)")
     p.add_argument("--pool", nargs="+", metavar="FILE",
                    help="constitutions whose principles are the candidates (default: "
                         "constitutions/*.yaml and data/inverse/distractors.yaml)")
     p.add_argument("--limit", type=int, metavar="N",
-                   help="N pairs spread over the file (default: the profile's inverse_pairs; 0: all)")
+                   help="N pairs spread over the file (default: the profile's inverse_pairs; "
+                        "0: all)")
     p.add_argument("--judge-model", help="default: the profile's judge")
     p.set_defaults(func=cmd_infer_constitution)
     return parser

@@ -110,8 +110,8 @@ def judge_matrix(judge, candidates: list[Candidate], pairs: list[Pair]) -> list[
     """P(chosen better) under each candidate (rows) for each pair (columns), both orders
     averaged. ``judge`` is anything with ``prob_first`` (a ``LogProbJudge``)."""
     verdicts = judge_pairs(judge, pairs, [[c.principle for c in candidates]] * len(pairs))
-    return [[(v.by_principle[c.principle.id]["x_as_A"] + v.by_principle[c.principle.id]["x_as_B"]) / 2
-             for v in verdicts] for c in candidates]
+    orders = [[v.by_principle[c.principle.id] for v in verdicts] for c in candidates]
+    return [[(o["x_as_A"] + o["x_as_B"]) / 2 for o in row] for row in orders]
 
 
 def score(row: list[float]) -> dict:
@@ -240,9 +240,13 @@ def to_constitution(result: dict, candidates: list[Candidate], pairs_name: str) 
 
 def run_infer(pairs, out, profile=None, top_k: int = 5, pool: list | None = None,
               limit: int | None = None, judge_model: str | None = None) -> str:
-    """Files to file: the pairs, the candidate pool and the profile's judge to the inferred
-    constitution at ``out``. Returns a short report (the ranking and the picks)."""
+    """Files to files: the pairs, the candidate pool and the profile's judge to the inferred
+    constitution at ``out``, and beside it ``*.scores.json`` (the ranking, the picks and every
+    P(chosen), so another labelling of the same pairs needs no judging: ``reorient``).
+    Returns a short report (the ranking and the picks)."""
     import time
+
+    from .data import write_json_atomic
 
     from .judge import LogProbJudge
     from .models import load_for_inference
@@ -254,14 +258,21 @@ def run_infer(pairs, out, profile=None, top_k: int = 5, pool: list | None = None
     start = time.perf_counter()
     judge = LogProbJudge(*load_for_inference(judge_model or prof.model_for("judge"), prof),
                          batch_size=prof.batch_size)
-    result = infer(judge_matrix(judge, candidates, rows), candidates, top_k)
+    matrix = judge_matrix(judge, candidates, rows)
+    seconds = time.perf_counter() - start
+    result = infer(matrix, candidates, top_k)
     inferred = to_constitution(result, candidates, str(pairs))
     inferred.save(out)
-    lines = [f"{len(candidates)} candidates judged on {len(rows)} pairs in "
-             f"{time.perf_counter() - start:.0f}s (profile {prof.name})",
+    scores = Path(out).with_suffix(".scores.json")
+    write_json_atomic(scores, {**result, "seconds": round(seconds, 1), "profile": prof.name,
+                               "pairs": str(pairs), "p_chosen": {
+                                   c.principle.id: [round(p, 4) for p in row]
+                                   for c, row in zip(candidates, matrix)}})
+    lines = [f"{len(candidates)} candidates judged on {len(rows)} pairs in {seconds:.0f}s "
+             f"(profile {prof.name})",
              "rank  agreement  margin  principle"]
     lines += [f"{r['rank']:>4}  {r['agreement']:>9.0%}  {r['mean_margin']:+.3f}  "
               f"{r['id']} ({r['source']})" for r in result["ranking"]]
     lines += [f"picked {s['id']}: explains {s['explained']:.0%} (+{s['gain']:.0%})"
               for s in result["selected"]]
-    return "\n".join(lines + [f"wrote {out}: {inferred.summary()}"])
+    return "\n".join(lines + [f"wrote {out}: {inferred.summary()}; the scores: {scores}"])

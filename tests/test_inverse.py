@@ -21,7 +21,8 @@ def tiny(name, principles):
 
 def test_pool_dedupes_normalised_questions_and_keeps_ids_unique():
     a = tiny("alpha", [("kind", "Which reply is kinder?"), ("short", "Which reply is shorter?")])
-    b = tiny("beta", [("kind-again", "  which REPLY is kinder !"), ("short", "Which reply is briefer?")])
+    b = tiny("beta", [("kind-again", "  which REPLY is kinder !"),
+                      ("short", "Which reply is briefer?")])
     pool = inverse.candidate_pool([a, b])
     assert [(c.principle.id, c.source) for c in pool] == [
         ("kind", "alpha"), ("short", "alpha"), ("beta-short", "beta")]
@@ -32,7 +33,8 @@ def test_default_pool_is_every_shipped_principle_and_the_distractors(root):
     pool = inverse.candidate_pool(inverse.default_pool())
     shipped = [cons.load(p) for p in sorted((root / "constitutions").glob("*.yaml"))]
     distractors = cons.load(root / inverse.DISTRACTORS)
-    questions = {inverse.normalise(p.preference) for c in shipped + [distractors] for p in c.principles}
+    questions = {inverse.normalise(p.preference)
+                 for c in shipped + [distractors] for p in c.principles}
     assert len(pool) == len(questions)  # one candidate per distinct question
     assert len({c.principle.id for c in pool}) == len(pool)
     assert pool[0].source == "harmless-general"  # the default constitution keeps its ids
@@ -78,26 +80,31 @@ def test_the_first_pick_is_made_even_when_nothing_explains_a_pair():
 def test_relabelling_reorients_the_matrix_without_judging_again():
     pairs = [([], "short", "much longer"), ([], "a long answer", "brief")]
     relabelled, flipped = inverse.relabel(pairs, inverse.longer)
-    assert [p[1] for p in relabelled] == ["much longer", "a long answer"] and flipped == [True, False]
+    assert [p[1] for p in relabelled] == ["much longer", "a long answer"]
+    assert flipped == [True, False]
     assert inverse.reorient([[0.8, 0.7]], flipped) == [[pytest.approx(0.2), 0.7]]
 
 
 def test_the_written_constitution_validates(tmp_path, root):
     matrix, pool = synthetic()
     result = inverse.infer(matrix, pool, top_k=3)
-    written = inverse.to_constitution(result, pool, "runs/x/My_Prefs.jsonl").save(tmp_path / "c.yaml")
+    inferred = inverse.to_constitution(result, pool, "runs/x/My_Prefs.jsonl")
+    written = inferred.save(tmp_path / "c.yaml")
     run = subprocess.run([sys.executable, "-m", "cai_utils", "validate", str(written)],
                          capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr
     loaded = cons.load(written)
-    assert loaded.name == "inferred-from-my-prefs" and [p.id for p in loaded.principles] == ["a", "b"]
-    assert "My_Prefs.jsonl (10 pairs)" in loaded.description and "explains 100%" in loaded.description
+    assert loaded == inferred and loaded.name == "inferred-from-my-prefs"
+    assert [p.id for p in loaded.principles] == ["a", "b"]
+    assert "My_Prefs.jsonl (10 pairs)" in loaded.description
+    assert "explains 100%" in loaded.description
     assert [s["gain"] for s in loaded.meta["selected"]] == [0.6, pytest.approx(0.4)]
 
 
 def shipped_pairs(root, n=12):
     """Harmful pairs (revision, first answer) and benign ones (answer, needless refusal)."""
-    refusals = {r["id"]: r["needless_refusal"] for r in read_jsonl(root / "data/sft/needless_refusals.jsonl")}
+    refusals = {r["id"]: r["needless_refusal"]
+                for r in read_jsonl(root / "data/sft/needless_refusals.jsonl")}
     records = read_jsonl(root / "data/sft/harmless-general.course-critic.jsonl")
     harmful = [(r["prompt"], r["completion"][-1]["content"], r["initial_response"])
                for r in records if r["set"] == "red_team"][:n // 2]
@@ -162,9 +169,9 @@ def test_the_subcommand_takes_the_profile_option():
 @pytest.mark.slow
 def test_cli_round_trip_with_the_offline_judge(tmp_path, root):
     pairs = tmp_path / "tiny.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": c, "chosen": [{"role": "assistant", "content": x}],
-                                         "rejected": y}) + "\n"
-                             for c, x, y in shipped_pairs(root, 2)))
+    rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": x}], "rejected": y}
+            for c, x, y in shipped_pairs(root, 2)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "inferred.yaml"
     pool = [str(root / "constitutions/hhh-minimal.yaml"), str(root / inverse.DISTRACTORS)]
     run = subprocess.run([sys.executable, "-m", "cai_utils", "infer-constitution", "--pairs",
@@ -176,4 +183,8 @@ def test_cli_round_trip_with_the_offline_judge(tmp_path, root):
     inferred = cons.load(out)
     assert inferred.name == "inferred-from-tiny" and 1 <= len(inferred.principles) <= 2
     assert inferred.meta["pairs"] == 2 and inferred.meta["rule"] == "mean"
-    assert yaml.safe_load(out.read_text())["principles"][0]["id"] == inferred.meta["selected"][0]["id"]
+    first = yaml.safe_load(out.read_text())["principles"][0]["id"]
+    assert first == inferred.meta["selected"][0]["id"]
+    scores = json.loads(out.with_suffix(".scores.json").read_text())
+    assert len(scores["ranking"]) == len(scores["p_chosen"]) == 11
+    assert all(len(row) == 2 for row in scores["p_chosen"].values()) and scores["profile"] == "ci"
