@@ -24,7 +24,7 @@ from statistics import fmean
 from typing import Callable, Iterable
 
 from .constitution import Constitution, Principle, as_constitution, from_dict
-from .data import DataError, iter_jsonl, project_root
+from .data import DataError, iter_jsonl, project_root, write_json_atomic
 from .judge import calibration_sample, judge_pairs
 from .stats import proportion_ci
 
@@ -245,8 +245,6 @@ def run_infer(pairs, out, profile=None, top_k: int = 5, pool: list | None = None
     P(chosen), so another labelling of the same pairs needs no judging: ``reorient``).
     Returns a short report (the ranking and the picks)."""
     import time
-
-    from .data import write_json_atomic
 
     from .judge import LogProbJudge
     from .models import load_for_inference
