@@ -60,8 +60,9 @@ demo: $(STAMP)
 # at the ci profile's sizes with the offline model. tests/nbval_output.py reads a cell's output while
 # it runs: nbval reads it only afterwards, and a long cell that prints a lot (notebook 07's pipeline)
 # overflowed the kernel's queue, lost its end-of-cell message and failed with "waiting for output".
-# TQDM_DISABLE keeps the GPU stand-ins' logs short (progress bars print as lines, trainers as logs).
-NBVAL := $(PY) -m pytest -q -p tests.nbval_output --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
+# CAI_CONSTITUTION pins the shipped constitution: an edit a learner saved in notebook 01 does not
+# change what the tests run. TQDM_DISABLE keeps the GPU stand-ins' logs short (progress bars print as lines, trainers as logs).
+NBVAL := CAI_CONSTITUTION=$(CONSTITUTION) $(PY) -m pytest -q -p tests.nbval_output --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 notebooks/
 test: $(STAMP) $(BROWSER_STAMP)
 	CAI_PROFILE=ci $(PY) -m pytest -q --doctest-modules cai_utils tests
 	CAI_PROFILE=ci $(NBVAL)

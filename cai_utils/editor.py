@@ -1,7 +1,8 @@
 """The constitution editor of notebook 01: ipywidgets over ``Constitution.edit``.
 
 Pick a principle, edit its critique, revision and preference texts: every change is validated
-at once, and **Save** writes the next version as ``NAME-VERSION.yaml`` in ``out_dir``. The
+at once, and **Save** writes the next version as ``NAME-VERSION.yaml`` in ``out_dir`` and makes
+it the constitution notebooks 02-07 use (``workspace.choose_constitution``). The
 next version is bumped from the version last saved by this editor (at first the edited file's
 own version), so saving twice gives 1.1.0 then 1.2.0, and a file already there with other
 content is never overwritten (the version is bumped past it). Nothing is edited or saved until
@@ -98,10 +99,16 @@ class ConstitutionEditor:
         self.path = c.save(self.out_dir / f"{c.name}-{c.version}.yaml")
         self.current = c
         self.status.value += f"<br>saved to {self.path}"
+        if button is not None:  # a person clicked Save: notebooks 02-07 use this version now
+            from .workspace import choose_constitution
+
+            choose_constitution(self.path)
+            self.status.value += " (notebooks 02-07 use it now; workspace.reset_constitution() undoes)"
         return self.path
 
     def apply(self, principle: str, **fields: str) -> Path | None:
-        """Edit and save without a person (headless runs): the same code path as the button."""
+        """Edit and save without a person (headless runs): the same code path as the button,
+        except that the saved file does not become the constitution notebooks 02-07 use."""
         self.pick.value = principle
         for field, value in fields.items():
             self.boxes[field].value = value

@@ -7,6 +7,14 @@ os.environ.setdefault("CAI_PROFILE", "ci")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _own_runs_folder(tmp_path_factory, monkeypatch):
+    """Each test writes its workspace state (the constitution notebook 01 chose, ...) in a folder
+    of its own, never in the checkout's runs/, and ignores the learner's choices."""
+    monkeypatch.setenv("CAI_RUNS", str(tmp_path_factory.mktemp("runs")))
+    monkeypatch.delenv("CAI_CONSTITUTION", raising=False)
+
+
 @pytest.fixture(scope="session")
 def default_model():
     """The offline default model, loaded once for the whole session."""

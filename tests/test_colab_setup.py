@@ -39,7 +39,8 @@ def test_each_notebook_opens_and_clones_the_one_repository(path):
     cell = setup_cell(path)
     assert cs.clone_line() in cell
     assert f'os.path.isdir("{cs.checkout_dir()}")' in cell and f"%cd {cs.checkout_dir()}" in cell
-    assert "%run cai_utils/colab_setup.py" in cell and "pip install" not in cell
+    assert '%run cai_utils/colab_setup.py {"--drive" if KEEP_RUNS_ON_DRIVE else ""}' in cell
+    assert "KEEP_RUNS_ON_DRIVE = False" in cell and "pip install" not in cell
 
 
 def test_the_readme_badges_open_the_same_notebooks():
@@ -103,3 +104,12 @@ def test_run_outside_the_checkout_is_one_line_and_installs_nothing(tmp_path, mon
     assert cs.main([]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run it from the course's checkout" in err
+
+
+def test_drive_keeps_the_runs_and_the_notebooks_read_them_from_there(tmp_path, monkeypatch):
+    from cai_utils import workspace
+
+    mounted = []
+    folder = cs.keep_runs_on_drive(mount=mounted.append, folder=str(tmp_path / "MyDrive" / "cai-runs"))
+    assert mounted == ["/content/drive"] and Path(folder).is_dir()
+    assert workspace.runs_root() == Path(folder)  # what every notebook's run folders hang from
