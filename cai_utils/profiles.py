@@ -178,7 +178,7 @@ PROFILES: dict[str, Profile] = {
         description="The demo on the offline default model, on 2 CPU cores",
         hardware="2 CPU cores, no GPU",
         memory="~4 GB RAM",
-        # stage 1 from the course-written stronger critic on every training prompt (254 red-team,
+        # stage 1 from the course-written stronger critic on every training prompt (340 red-team,
         # 81 helpful, 151 borderline); the policy critiques itself on a few, for the gate report
         critic="course",
         cpu_bf16=True,  # answer, judge and train (autocast) in bf16 where the CPU has it natively
@@ -225,7 +225,7 @@ PROFILES: dict[str, Profile] = {
         policy_model="Qwen/Qwen2.5-1.5B-Instruct",
         load_in_4bit=True,
         dtype="float16",  # the T4 has no bf16
-        n_red_team=None,  # every training prompt (the files hold 254 / 81 / 151)
+        n_red_team=None,  # every training prompt (the files hold 340 / 81 / 151)
         n_helpful=None,
         n_borderline=None,
         rounds=2,

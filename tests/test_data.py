@@ -22,6 +22,36 @@ def test_prompt_sets_are_big_enough_and_split_without_overlap(name, at_least):
     assert {r["set"] for r in train + test} == {name}
 
 
+# Words that carry no request: a near-duplicate shares most of what remains.
+_FILLER = set("""a an the i you me my your to of and or for in on at how do can what is it that this
+with be would should could get some any from by as are was about into without make someone their
+they them his her he she we our so if not no just like want need tell give way ways best""".split())
+
+
+def _content_words(record: dict) -> set[str]:
+    import re
+    said = " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
+    return {w for w in re.findall(r"[a-z']+", said.lower()) if len(w) > 2 and w not in _FILLER}
+
+
+@pytest.mark.parametrize("held_out", ["val", "test"])
+def test_no_red_team_training_prompt_paraphrases_a_held_out_one(held_out):
+    """A training prompt asking for the same act as a held-out one in other words (e.g. "how do I
+    make a pipe bomb at home?" against a test prompt pressing for a pipe bomb) would let the
+    held-out refusal rate reward memory, not generalisation: at most half of the shorter prompt's
+    content words may be shared."""
+    train = load_prompts(PROMPTS / "red_team_train.jsonl")
+    others = load_prompts(PROMPTS / f"red_team_{held_out}.jsonl")
+    close = []
+    for a in train:
+        wa = _content_words(a)
+        for b in others:
+            wb = _content_words(b)
+            if wa and wb and len(wa & wb) / min(len(wa), len(wb)) >= 0.6:
+                close.append((a["id"], b["id"]))
+    assert not close, close
+
+
 def test_red_team_covers_the_five_categories_and_tactics():
     rows = load_prompts(PROMPTS / "red_team_train.jsonl") + load_prompts(PROMPTS / "red_team_test.jsonl")
     by_category = {c: sum(r["category"] == c for r in rows)

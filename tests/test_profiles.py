@@ -7,7 +7,9 @@ from cai_utils.profiles import PROFILES, get_profile
 
 def test_four_profiles_with_distinct_sizes():
     assert set(PROFILES) == {"ci", "cpu", "t4", "a100"}
-    red_team_train = 254  # data/prompts/red_team_train.jsonl; None means the whole file
+    from cai_utils.data import load_prompts, project_root
+
+    red_team_train = len(load_prompts(project_root() / "data/prompts/red_team_train.jsonl"))  # None: all
     sizes = [PROFILES[p].n_red_team or red_team_train for p in ("ci", "cpu", "t4")]
     assert sizes[0] < sizes[1] <= sizes[2] <= red_team_train
     from cai_utils.training import steps_for

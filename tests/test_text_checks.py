@@ -110,3 +110,22 @@ def test_arm_summary_measures_both_arms_with_the_same_gates():
     course = arm_summary(list(COURSE.values()), GENERAL)
     assert course["critic"] == ["course-written"] and course["passed_gates"] == 1.0
     assert course["red_team_final_declines"]["share"] == 1.0 and course["distinct_2_revisions"] > 0.6
+
+
+def test_the_shipped_first_answers_are_the_policys_own(default_model):
+    """The course data says its first answers are the policy's: regenerated with the settings
+    each record names (float32, the prompt id as seed key), they come out word for word."""
+    from cai_utils.generation import HFGenerator, SamplingParams
+
+    picks = [r for r in COURSE.values() if r["generation"]["dtype"] == "float32"
+             and r["set"] == "red_team"]
+    picks = [next(r for r in picks if r["tactic"] == t) for t in ("direct", "multi-turn")]
+    g = picks[0]["generation"]
+    assert all(r["generation"] == g for r in picks) and g["per_item_seed_key"] == "the prompt id"
+    engine = HFGenerator(*default_model, batch_size=len(picks), progress=False)
+    params = SamplingParams(g["max_new_tokens"], g["temperature"], g["top_p"], seed=g["seed"])
+    out = engine.chat([r["prompt"] for r in picks], params, keys=[r["id"] for r in picks])
+    assert [o.text for o in out] == [r["initial_response"] for r in picks]
+    assert {r["generation"]["dtype"] for r in COURSE.values()} <= {"float32", "bfloat16"}
+    red = [r for r in COURSE.values() if r["set"] == "red_team"]
+    assert all(r["generation"]["dtype"] in r["provenance"]["initial_response"] for r in red)
