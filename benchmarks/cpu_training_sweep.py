@@ -53,6 +53,7 @@ def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
     row = {"model": label, **extra, "bf16": uses_cpu_bf16(prof), "red_team_refused": q["red_team_declined"],
            "borderline_refused": 1 - q["borderline_answered"],
            "helpful_refused": 1 - q["helpful_answered"], "n": q["n"], "split": "val",
+           "red_team_by_tactic": q["red_team_by_tactic"],
            "eval_seconds": round(time.perf_counter() - start, 1),
            "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline]}
     with log.open("a") as handle:
