@@ -125,6 +125,17 @@ def keep_runs_on_drive(mount=None, folder: str = DRIVE_RUNS) -> str:
     return folder
 
 
+def enable_widgets() -> bool:
+    """Turn on Colab's custom widget manager (ipywidgets 8, e.g. notebook 01's editor, render only
+    with it); False outside Colab."""
+    try:
+        from google.colab import output
+    except ImportError:
+        return False
+    output.enable_custom_widget_manager()
+    return True
+
+
 def stamp(root: str | Path, repo: str = CAI_REPO, ref: str = CAI_REF) -> list[Path]:
     """Write ``repo`` and ``ref`` into every notebook's badge and clone line and the README's
     badges; returns the files changed."""
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     changed = install(root)
+    enable_widgets()
     if "--drive" in argv:
         print(f"Runs are kept on Google Drive: CAI_RUNS={keep_runs_on_drive()}")
     if changed:

@@ -113,3 +113,17 @@ def test_drive_keeps_the_runs_and_the_notebooks_read_them_from_there(tmp_path, m
     folder = cs.keep_runs_on_drive(mount=mounted.append, folder=str(tmp_path / "MyDrive" / "cai-runs"))
     assert mounted == ["/content/drive"] and Path(folder).is_dir()
     assert workspace.runs_root() == Path(folder)  # what every notebook's run folders hang from
+
+
+def test_colab_gets_its_custom_widget_manager(monkeypatch):
+    import types
+
+    calls = []
+    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append("on"))
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert cs.enable_widgets() and calls == ["on"]
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # not on Colab: an ImportError
+    assert cs.enable_widgets() is False
