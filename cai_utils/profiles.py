@@ -194,9 +194,10 @@ PROFILES: dict[str, Profile] = {
         few_shot=3,  # measured best of five formats here: benchmarks/results/revision_formats.txt
         # chosen on the validation prompts (benchmarks/results/cpu_training_sweep.jsonl): the most
         # red-team refusals among settings that refuse at most 15% of borderline and of helpful
-        # ones. SFT at a constant rate makes the model refuse (too much: 75% / 48% / 27% of
-        # red-team / borderline / helpful validation prompts); DPO on benign-heavy pairs then
-        # takes the over-refusal back faster than the refusals (47% / 11% / 3%)
+        # ones. SFT at a constant rate makes the model refuse (too much: 78% / 50% / 23% of
+        # red-team / borderline / helpful validation prompts, with the 340 red-team training
+        # prompts); DPO on benign-heavy pairs then takes the over-refusal back faster than the
+        # refusals (60% / 11% / 7%)
         label_source="rule",  # the 135M judge prefers a refusal even on benign pairs (README, stage 2)
         n_pairs=144,
         inverse_pairs=48,
