@@ -137,8 +137,8 @@ def enable_widgets() -> bool:
 
 
 def stamp(root: str | Path, repo: str = CAI_REPO, ref: str = CAI_REF) -> list[Path]:
-    """Write ``repo`` and ``ref`` into every notebook's badge and clone line and the README's
-    badges; returns the files changed."""
+    """Write ``repo`` and ``ref`` into every notebook's badge and clone line, the README's badges
+    and pyproject.toml's Repository URL; returns the files changed."""
     root = Path(root)
     badge = re.compile(r"https://colab\.research\.google\.com/github/[^\s)\"]+?/notebooks/([\w.-]+\.ipynb)")
     clone = re.compile(r"!git clone -q --depth 1 --branch \S+ \S+ ")
@@ -154,6 +154,13 @@ def stamp(root: str | Path, repo: str = CAI_REPO, ref: str = CAI_REF) -> list[Pa
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)
+    project = root / "pyproject.toml"  # [project.urls] Repository, what pip and the hub show
+    if project.is_file():
+        text = project.read_text(encoding="utf-8")
+        new = re.sub(r'(?m)^Repository = "[^"]*"', f'Repository = "{repo}"', text)
+        if new != text:
+            project.write_text(new, encoding="utf-8")
+            changed.append(project)
     return changed
 
 

@@ -43,6 +43,12 @@ def test_each_notebook_opens_and_clones_the_one_repository(path):
     assert "KEEP_RUNS_ON_DRIVE = False" in cell and "pip install" not in cell
 
 
+def test_the_package_metadata_names_the_same_repository():
+    import tomllib
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"] == cs.CAI_REPO
+
+
 def test_the_readme_badges_open_the_same_notebooks():
     badges = re.findall(r"https://colab\.research\.google\.com/github/[^\s)]+", (ROOT / "README.md").read_text())
     assert sorted(badges) == sorted(cs.colab_url(p.name) for p in NOTEBOOKS)
@@ -50,18 +56,21 @@ def test_the_readme_badges_open_the_same_notebooks():
 
 def test_stamp_moves_every_address_to_a_release_and_back(tmp_path):
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns("images"))
-    before = {p.name: p.read_text() for p in [tmp_path / "README.md", *(tmp_path / "notebooks").glob("*.ipynb")]}
+    files = lambda: [tmp_path / "README.md", tmp_path / "pyproject.toml", *(tmp_path / "notebooks").glob("*.ipynb")]  # noqa: E731
+    before = {p.name: p.read_text() for p in files()}
     changed = cs.stamp(tmp_path, "https://github.com/someone/cai-fork", "v1.0.0")
     assert len(changed) == len(before)
     for path in changed:
         text = path.read_text()
         assert "cai-course/constitutional-ai" not in text and "/content/constitutional-ai" not in text
-        assert "github/someone/cai-fork/blob/v1.0.0/notebooks/" in text
+        assert ("github/someone/cai-fork/blob/v1.0.0/notebooks/" in text
+                or 'Repository = "https://github.com/someone/cai-fork"' in text)
     nb = tmp_path / "notebooks" / NOTEBOOKS[0].name
     assert "--branch v1.0.0 https://github.com/someone/cai-fork /content/cai-fork" in setup_cell(nb)
     cs.stamp(tmp_path)
-    assert {p.name: p.read_text() for p in [tmp_path / "README.md", *(tmp_path / "notebooks").glob("*.ipynb")]} == before
+    assert {p.name: p.read_text() for p in files()} == before
 
 
 def test_colab_requirements_pin_what_colab_lacks_at_the_course_versions():

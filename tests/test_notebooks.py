@@ -3,16 +3,15 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from cai_utils.colab_setup import colab_url
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
-SLUG = REPO_URL.removeprefix("https://github.com/")
 
 
 def cells(path):
@@ -33,7 +32,7 @@ def test_starts_with_title_and_a_colab_badge_to_itself(path):
     first = cells(path)[0]
     assert first["cell_type"] == "markdown" and source(first).startswith("# ")
     links = re.findall(r"https://colab\.research\.google\.com/github/([^)\s]+)", source(first))
-    assert links == [f"{SLUG}/blob/main/notebooks/{path.name}"]
+    assert ["https://colab.research.google.com/github/" + link for link in links] == [colab_url(path.name)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -65,7 +64,7 @@ def test_has_assertions_and_exercises(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_readme_links_the_notebook(path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"{SLUG}/blob/main/notebooks/{path.name}" in readme
+    assert colab_url(path.name) in readme
 
 
 @pytest.mark.slow
