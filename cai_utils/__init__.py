@@ -25,7 +25,7 @@ _EXPORTS = {
     "training": ["train_sft", "train_dpo"],
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "write_manifest",
              "read_manifest", "project_root"],
-    "generation": ["HFGenerator", "SamplingParams", "Completion", "chat", "make_generator"],
+    "generation": ["HFGenerator", "SamplingParams", "Completion", "chat"],
     "models": ["load_model", "load_for_inference", "load_tokenizer", "ModelNotFoundError", "default_model_path"],
     "profiles": ["Profile", "PROFILES", "get_profile", "inference_dtype"],
     "prompts": ["critique_messages", "revision_messages", "judge_messages"],

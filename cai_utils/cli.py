@@ -11,7 +11,7 @@ import sys
 import time
 
 from .profiles import DEFAULT_MODEL, get_profile, profile_names
-from .report import DEFAULT_CONSTITUTION
+from .workspace import DEFAULT_CONSTITUTION
 
 
 def _err(message: str) -> int:

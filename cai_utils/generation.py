@@ -180,13 +180,6 @@ class VLLMGenerator:
                            finished=o.outputs[0].finish_reason == "stop") for o in outs]
 
 
-def make_generator(model, tokenizer, batch_size: int = 8, backend: str = "hf", **kwargs):
-    """``backend="hf"`` wraps a loaded model; ``"vllm"`` needs vLLM and a model id in kwargs."""
-    if backend == "vllm":
-        return VLLMGenerator(kwargs.pop("model_id"), **kwargs)
-    return HFGenerator(model, tokenizer, batch_size=batch_size)
-
-
 def chat(model, tokenizer, message: str, max_new_tokens: int = 64) -> str:
     """One greedy answer to one user message: the simplest way to talk to a model."""
     gen = HFGenerator(model, tokenizer, batch_size=1, progress=False)

@@ -51,7 +51,7 @@ def normalise(text: str) -> str:
 def default_pool() -> list[Path]:
     """Every shipped constitution (``constitutions/*.yaml``; the course's default first, so it
     keeps its ids), then the distractors."""
-    from .report import DEFAULT_CONSTITUTION
+    from .workspace import DEFAULT_CONSTITUTION
 
     root = project_root()
     shipped = sorted((root / "constitutions").glob("*.yaml"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .data import DataError, writes_to, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
-from .report import DEFAULT_CONSTITUTION
+from .workspace import DEFAULT_CONSTITUTION
 
 STAGES = ("validate", "critique", "self_critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
 

@@ -25,8 +25,7 @@ from .data import (DataError, writes_to, content_id, file_sha256, read_jsonl, re
 from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, is_refusal, win_rates
 from .profiles import Profile, get_profile, inference_dtype
 from .stats import bootstrap_ci, newcombe_paired, paired_bootstrap, share_ci
-
-DEFAULT_CONSTITUTION = "constitutions/harmless-general.yaml"
+from .workspace import DEFAULT_CONSTITUTION
 
 
 def model_labels(model: str, adapters: list[str | Path] = ()) -> dict[str, str]:

@@ -1,0 +1,59 @@
+"""The package's shape: no module imports another that imports it back (directly or around a
+loop), counting the imports inside functions too, which Python resolves only when they run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cai_utils"
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """``{module: {package modules it imports}}``, from every relative import in its source."""
+    modules = {f.stem for f in package.glob("*.py")}
+    graph = {}
+    for f in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                deps.update(n for n in names if n in modules)
+        graph[f.stem] = deps - {f.stem}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import loop as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (loop := visit(dep)):
+                return loop
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (loop := visit(node)):
+            return loop
+    return None
+
+
+def test_find_cycle_finds_a_loop_and_only_a_loop():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"evaluation", "preferences", "judge", "stats", "text_checks"} <= set(graph)
+    assert "stats" in graph["report"]  # the walk sees real imports
+    loop = find_cycle(graph)
+    assert loop is None, "import cycle: " + " -> ".join(loop)
