@@ -57,18 +57,21 @@ def self_critique_arm(const, prof: Profile, out: Path) -> str:
     return run_critique(const, [red, helpful], out, profile=prof, limit=[n, max(1, n // 4)])
 
 
-def training_data_summary(out: Path, const, prof: Profile) -> dict:
+def training_data_summary(out: Path, const, prof: Profile, paths: dict | None = None) -> dict:
     """What trained the models, for the report: each stage-1 critic arm measured with the same
     gates (the arm trained on, and the self-critique arm beside it), and stage 2's pairs with
-    the judge's agreement with the rule labels and which labels trained DPO."""
+    the judge's agreement with the rule labels and which labels trained DPO. ``paths`` gives
+    the files by stage (``critique``, ``self_critique``, ``label``) where they are not in ``out``."""
     from .critique import arm_summary
 
+    paths = {"critique": out / "sft.jsonl", "self_critique": out / "self-critique" / "sft.jsonl",
+             "label": out / "prefs.jsonl"} | (paths or {})
     arms = {}
-    for name, path in ((f"{prof.critic} critic (trained on)", out / "sft.jsonl"),
-                       ("self-critique (gate report, not trained on)", out / "self-critique" / "sft.jsonl")):
-        if path.is_file() and not (prof.critic == "self" and "self-critique" in name):
+    for name, path in ((f"{prof.critic} critic (trained on)", paths["critique"]),
+                       ("self-critique (gate report, not trained on)", paths["self_critique"])):
+        if Path(path).is_file() and not (prof.critic == "self" and "self-critique" in name):
             arms[name] = arm_summary(read_jsonl(path), const)
-    labels = (read_manifest(out / "prefs.jsonl") or {})
+    labels = (read_manifest(paths["label"]) or {})
     counts = labels.get("counts", {})
     return {"arms": arms, "labels": {
         "pairs": counts.get("pairs"), "ties": counts.get("ties"), "kinds": counts.get("kinds"),
@@ -94,8 +97,17 @@ def _same_constitution(path: Path, const) -> bool:
 
 @writes_to("out")
 def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT_CONSTITUTION,
-                 progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) every stage into ``out``; return ``{"stages": {...}, "report": path}``."""
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 reuse: dict[str, str | Path] | None = None) -> dict:
+    """Run (or resume) every stage into ``out``; return ``{"stages": {...}, "report": path}``.
+
+    ``reuse`` maps a stage (``critique``, ``self_critique``, ``label``, ``sft``, ``dpo``,
+    ``reward``, ``ppo``) to its output made elsewhere, e.g. by notebooks 02-06
+    (``workspace.notebook_outputs``). It is used in place of this run's own when it is complete
+    and fits: data made with this constitution, an adapter trained on the data and from the
+    adapters this run uses (an RL adapter on any prompts). Anything else is made here, in
+    ``out``; reused files are only read.
+    """
     from . import constitution as cons
     from . import report, rl, training
     from .data import load_prompts
@@ -107,10 +119,16 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     const = cons.as_constitution(constitution)  # validate: a bad file stops here, nothing written
     out.mkdir(parents=True, exist_ok=True)
     red, helpful, borderline = _prompt_files()
-    sft_data, prefs, rl_prompts = out / "sft.jsonl", out / "prefs.jsonl", out / "rl_prompts.jsonl"
-    self_data = out / "self-critique" / "sft.jsonl"
+    rl_prompts = out / "rl_prompts.jsonl"
     rl_stage = "grpo" if prof.load_in_4bit else "ppo"  # PPO's value model does not fit 4-bit
-    folders = {s: out / s for s in ("sft", "dpo", "reward")} | {"rl": out / rl_stage}
+    # each stage's output, by stage; a reused one replaces this run's own
+    own = {"critique": out / "sft.jsonl", "self_critique": out / "self-critique" / "sft.jsonl",
+           "label": out / "prefs.jsonl", "sft": out / "sft", "dpo": out / "dpo",
+           "reward": out / "reward", "ppo": out / rl_stage}
+    paths = dict(own)
+    unknown = sorted(set(reuse or {}) - set(own))
+    if unknown:
+        raise ValueError(f"reuse: unknown stage(s) {', '.join(unknown)}; use {', '.join(own)}")
 
     def prompts_for_rl():
         """The prompts PPO (and, on GPU profiles, the sampled candidates) start from: harmful
@@ -125,40 +143,57 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     train_rl = rl.train_grpo if rl_stage == "grpo" else rl.train_ppo
 
     def report_models() -> dict:  # called once the adapters exist (model_labels checks them)
-        return report.model_labels(prof.policy_model, [folders["sft"], folders["dpo"]]
-                                   + ([folders["rl"]] if prof.rl else []))
+        return report.model_labels(prof.policy_model, [paths["sft"], paths["dpo"]]
+                                   + ([paths["ppo"]] if prof.rl else []))
+
+    def rl_current(any_prompts: bool = False) -> bool:
+        return training.is_current(paths["ppo"], None if any_prompts else rl_prompts, paths["sft"],
+                                   paths["reward"])
     steps = {
         "validate": (lambda: False, prompts_for_rl),
-        "critique": (lambda: _same_constitution(sft_data, const),
-                     lambda: stage1(const, prof, sft_data)),
+        "critique": (lambda: _same_constitution(paths["critique"], const),
+                     lambda: stage1(const, prof, paths["critique"])),
         # beside a stronger critic, a small self-critique arm shows what the gates reject
-        "self_critique": (lambda: prof.critic == "self" or _same_constitution(self_data, const),
-                          lambda: self_critique_arm(const, prof, self_data)),
+        "self_critique": (lambda: prof.critic == "self" or _same_constitution(paths["self_critique"], const),
+                          lambda: self_critique_arm(const, prof, paths["self_critique"])),
         # mix and revision modes pair stage-1 answers; samples mode starts afresh
-        "label": (lambda: _same_constitution(prefs, const),
+        "label": (lambda: _same_constitution(paths["label"], const),
                   lambda: run_label(const, rl_prompts if prof.candidate_mode == "samples"
-                                    else sft_data, prefs, profile=prof)),
+                                    else paths["critique"], paths["label"], profile=prof)),
         # a stage is done when its adapter was trained on the current data and the current
         # upstream adapters (a rerun that retrains SFT retrains everything after it)
-        "sft": (lambda: training.is_current(folders["sft"], sft_data),
-                lambda: training.train_sft(sft_data, folders["sft"], model=prof.policy_model,
+        "sft": (lambda: training.is_current(paths["sft"], paths["critique"]),
+                lambda: training.train_sft(paths["critique"], paths["sft"], model=prof.policy_model,
                                            profile=prof)),
-        "dpo": (lambda: training.is_current(folders["dpo"], prefs, folders["sft"]),
-                lambda: training.train_dpo(prefs, folders["dpo"], init=folders["sft"], profile=prof)),
-        "reward": (lambda: training.is_current(folders["reward"], prefs),
-                   lambda: rl.train_reward(prefs, folders["reward"], model=prof.policy_model,
+        "dpo": (lambda: training.is_current(paths["dpo"], paths["label"], paths["sft"]),
+                lambda: training.train_dpo(paths["label"], paths["dpo"], init=paths["sft"], profile=prof)),
+        "reward": (lambda: training.is_current(paths["reward"], paths["label"]),
+                   lambda: rl.train_reward(paths["label"], paths["reward"], model=prof.policy_model,
                                            profile=prof)),
-        "ppo": (lambda: training.is_current(folders["rl"], rl_prompts, folders["sft"], folders["reward"]),
-                lambda: train_rl(rl_prompts, folders["rl"], reward=folders["reward"],
-                                 init=folders["sft"], profile=prof)),
+        "ppo": (rl_current,
+                lambda: train_rl(rl_prompts, paths["ppo"], reward=paths["reward"],
+                                 init=paths["sft"], profile=prof)),
         # a model retrained in this run makes the old report stale (cached answers of the
         # models that did not change are reused)
         "evaluate": (lambda: report.is_done(out / "report", report_models()) and not any(
             s["status"] == "ran" for n, s in state["stages"].items() if n != "validate"),
                      lambda: report.evaluate(
                          report_models(), out / "report", profile=prof, constitution=const, progress=progress,
-                         training_data=training_data_summary(out, const, prof))),
+                         training_data=training_data_summary(out, const, prof, paths))),
     }
+
+    def reusable(stage: str) -> bool:
+        """Point the stage at its reused output when that one fits (else leave this run's)."""
+        if stage not in (reuse or {}) or not Path(reuse[stage]).exists():
+            return False
+        paths[stage] = Path(reuse[stage])
+        try:
+            fits = rl_current(any_prompts=True) if stage == "ppo" else steps[stage][0]()
+        except DataError:  # made with another constitution
+            fits = False
+        if not fits:
+            paths[stage] = own[stage]
+        return fits
     state_path = out / "pipeline.json"
     earlier = (json.loads(state_path.read_text()) if state_path.is_file() else {}).get("stages", {})
     state = {"profile": prof.name, "constitution": const.ref, "stages": {}}
@@ -170,6 +205,11 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
             state["stages"][name] = {"status": "skipped (rl=False in this profile)", "seconds": 0.0}
             log(f"[{name}] not in the {prof.name} profile (rl=False), skipped")
             continue
+        if stage != "self_critique" or prof.critic != "self":
+            if reusable(stage):
+                state["stages"][name] = {"status": f"reused: {paths[stage]}", "seconds": 0.0}
+                log(f"[{name}] reused {paths[stage]}")
+                continue
         if done():
             state["stages"][name] = {"status": "skipped (already complete)", "seconds": 0.0,
                                      "earlier_seconds": earlier.get(name, {}).get(

@@ -235,15 +235,16 @@ def weights_sha256(folder) -> str | None:
     return file_sha256(weights) if weights.is_file() else None
 
 
-def is_current(out: str | Path, data: str | Path, init: str | Path | None = None,
+def is_current(out: str | Path, data: str | Path | None, init: str | Path | None = None,
                reward: str | Path | None = None) -> bool:
-    """True when ``out`` holds a complete adapter trained on this very ``data`` file and, when
-    given, from this very ``init`` adapter against this very ``reward`` model: a retrained SFT
-    model or new data makes DPO, the reward model and PPO stale, and a pipeline retrains them."""
+    """True when ``out`` holds a complete adapter trained on this very ``data`` file (any data
+    when ``data`` is None) and, when given, from this very ``init`` adapter against this very
+    ``reward`` model: a retrained SFT model or new data makes DPO, the reward model and PPO
+    stale, and a pipeline retrains them."""
     manifest = read_manifest(Path(out) / "adapter.jsonl")
     if not (manifest and manifest.get("complete")):
         return False
-    return (manifest.get("data_sha256") == file_sha256(data)
+    return ((data is None or manifest.get("data_sha256") == file_sha256(data))
             and manifest.get("init_sha256") == weights_sha256(init)
             and manifest.get("reward_sha256") == weights_sha256(reward))
 

@@ -94,3 +94,18 @@ def critic_for(const, profile):
             "own critic (expect most revisions to fail the quality gates on a 135M model; on a GPU, "
             "set the profile's critic to a larger model id)")
     return profile.replace(critic="self"), note
+
+
+def notebook_outputs(profile, const) -> dict[str, Path]:
+    """What notebooks 02-06 wrote for this profile and constitution, by pipeline stage, for
+    ``run_pipeline(..., reuse=...)`` in notebook 07: only the files and folders that exist (the
+    pipeline still checks each one fits before it uses it, and trains what is missing)."""
+    rl = "grpo" if profile.load_in_4bit else "ppo"  # as the pipeline and notebook 06 choose
+    where = {"critique": run_dir("notebook02", profile, const) / "sft.jsonl",
+             "self_critique": run_dir("notebook02", profile, const) / "self-critique" / "sft.jsonl",
+             "label": run_dir("notebook03", profile, const) / "prefs.jsonl",
+             "sft": run_dir("notebook04", profile, const) / "sft",
+             "dpo": run_dir("notebook05", profile, const) / "dpo",
+             "reward": run_dir("notebook06", profile, const) / "reward",
+             "ppo": run_dir("notebook06", profile, const) / rl}
+    return {stage: path for stage, path in where.items() if path.exists()}

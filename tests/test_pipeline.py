@@ -91,6 +91,32 @@ def test_run_refuses_to_mix_constitutions_in_one_folder(pipeline):
                      progress=False, log=lambda _: None)
 
 
+@pytest.mark.slow
+def test_a_run_reuses_earlier_work_that_fits_and_trains_only_the_rest(pipeline, tmp_path):
+    src, _ = pipeline  # another run's files, as notebooks 02-06 leave them for notebook 07
+    reuse = {"critique": src / "sft.jsonl", "self_critique": src / "self-critique" / "sft.jsonl",
+             "label": src / "prefs.jsonl", "sft": src / "sft", "reward": src / "reward",
+             "ppo": src / "ppo",
+             "dpo": src / "sft"}  # an adapter not trained on these pairs: does not fit
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_pipeline(tmp_path / "x", profile=TINY, constitution=CONSTITUTION, reuse={"grpo": src})
+    before = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "notebook07"
+    state = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
+                         log=lambda _: None, reuse=reuse)
+    status = {name: s["status"] for name, s in state["stages"].items()}
+    for stage in ("critique", "self_critique", "label", "sft", "reward", "ppo"):
+        assert status[stage] == f"reused: {reuse[stage]}", stage
+    assert status["dpo"] == status["evaluate"] == "ran"
+    assert not (out / "sft").exists() and not (out / "sft.jsonl").exists()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["models"]["sft"] == str(src / "sft") and report["models"]["ppo"] == str(src / "ppo")
+    assert report["models"]["dpo"] == str(out / "dpo")
+    assert read_manifest(out / "dpo" / "adapter.jsonl")["init_sha256"] is not None  # from the reused SFT
+    assert "course critic (trained on)" in report["training_data"]["arms"]  # read from the reused file
+    assert {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()} == before  # only read
+
+
 def run_cli(*args):
     env = {**os.environ, "CAI_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "cai_utils", *args], capture_output=True,

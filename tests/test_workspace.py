@@ -80,3 +80,21 @@ def test_clicking_save_chooses_the_edit_and_the_headless_path_does_not(tmp_path)
     editor.button.click()
     assert workspace.active_constitution()[0] == editor.path.resolve()
     assert "notebooks 02-07 use it now" in editor.status.value
+
+
+def test_notebook_07_finds_what_notebooks_02_to_06_wrote_and_nothing_else(tmp_path):
+    ci, shipped = get_profile("ci"), cons.load(SHIPPED)
+    assert workspace.notebook_outputs(ci, shipped) == {}
+    made = {"critique": "notebook02-ci/sft.jsonl", "label": "notebook03-ci/prefs.jsonl",
+            "sft": "notebook04-ci/sft", "ppo": "notebook06-ci/ppo"}
+    for stage, rel in made.items():
+        path = workspace.runs_root() / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if "." not in path.name else path.write_text("{}\n")
+    (workspace.runs_root() / "notebook06-ci" / "grpo").mkdir()
+    assert workspace.notebook_outputs(ci, shipped) == {s: workspace.runs_root() / r for s, r in made.items()}
+    # a 4-bit profile's RL stage is GRPO, as in notebook 06 and the pipeline
+    four_bit = ci.replace(load_in_4bit=True)
+    assert workspace.notebook_outputs(four_bit, shipped)["ppo"] == workspace.runs_root() / "notebook06-ci" / "grpo"
+    # another constitution's notebooks write elsewhere: nothing of the shipped one's is offered
+    assert workspace.notebook_outputs(ci, cons.load(edited(tmp_path))) == {}
