@@ -22,6 +22,7 @@ _EXPORTS = {
     "inverse": ["candidate_pool", "judge_matrix", "infer", "run_infer"],
     "preferences": ["run_label", "pair_candidates"],
     "rl": ["train_reward", "train_ppo", "train_grpo"],
+    "soft_labels": ["compare_labels", "soft_bradley_terry", "hand_label_accuracy"],
     "training": ["train_sft", "train_dpo"],
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "write_manifest",
              "read_manifest", "project_root"],

@@ -151,7 +151,8 @@ def cmd_train(args) -> int:
                                     load_in_4bit=args.load_in_4bit, **common)
     elif args.stage == "reward":
         result = rl.train_reward(args.data, args.out, model=args.model or profile.policy_model,
-                                       init=args.init, load_in_4bit=args.load_in_4bit, **common)
+                                 init=args.init, load_in_4bit=args.load_in_4bit,
+                                 soft_labels=args.soft_labels, **common)
     else:
         train = rl.train_ppo if args.stage == "ppo" else rl.train_grpo
         result = train(args.data, args.out, reward=args.reward, init=args.init, model=args.model,
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--merge", action="store_true",
                    help="also save the base with the adapter merged in, under OUT/merged")
+    p.add_argument("--soft-labels", action="store_true", default=None,
+                   help="reward: train on the judge's P(chosen) instead of 0/1 labels")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("improve", parents=[with_profile], help="iterative self-improvement: rounds of critique, label, "

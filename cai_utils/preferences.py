@@ -150,6 +150,28 @@ def preference_record(item_id: str, conversation: list, x: str, y: str, verdict:
     return record, tie
 
 
+def as_judge_labels(rows: list[dict]) -> list[dict]:
+    """Stage-2 records relabelled by the judge's favourite: a pair whose chosen answer the judge
+    gave less than half its probability is swapped, with ``p_chosen`` now the winner's. The
+    judge's probabilities are unchanged, so soft labels are the same either way; only the hard
+    (0/1) labels differ from the rule's.
+
+    >>> row = {"chosen": "a", "rejected": "b", "judge": {"p_chosen": 0.3, "label_source": "rule"}}
+    >>> r = as_judge_labels([row])[0]
+    >>> (r["chosen"], r["rejected"], r["judge"]["p_chosen"], r["judge"]["label_source"])
+    ('b', 'a', 0.7, 'judge')
+    """
+    out = []
+    for row in rows:
+        p = row["judge"]["p_chosen"]
+        swap = p < 0.5
+        out.append({**row, "chosen": row["rejected"] if swap else row["chosen"],
+                    "rejected": row["chosen"] if swap else row["rejected"],
+                    "judge": {**row["judge"], "p_chosen": round(1 - p, 4) if swap else p,
+                              "label_source": "judge"}})
+    return out
+
+
 def label_stats(rows: list[dict], ties: list[dict]) -> dict:
     """Counts and shares over labelled pairs: position consistency, the judge's agreement with
     the rule labels (overall and per kind of pair), mean p(chosen)."""

@@ -86,6 +86,7 @@ class Profile:
     sft_learning_rate: float = 2e-4
     dpo_learning_rate: float = 5e-5
     reward_learning_rate: float = 1e-4
+    reward_soft_labels: bool = False  # train on the judge's P(chosen), not 0/1 (notebook 06 compares)
     ppo_learning_rate: float = 1e-5
     per_device_batch_size: int = 2
     gradient_accumulation_steps: int = 1

@@ -39,16 +39,23 @@ def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
 @writes_to("out")
 def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
                  max_steps: int | None = None, profile: str | Profile | None = None,
-                 held_out: float = 0.25) -> TrainResult:
+                 held_out: float = 0.25, soft_labels: bool | None = None) -> TrainResult:
     """A scalar-head reward model on stage-2 pairs (RewardTrainer, LoRA with the head trained
-    in full); reports pairwise accuracy on every 1/held_out-th pair, held out from training."""
+    in full); reports pairwise accuracy on every 1/held_out-th pair, held out from training.
+    ``soft_labels`` (default: the profile's ``reward_soft_labels``) trains on the judge's
+    P(chosen) with ``soft_bradley_terry`` instead of treating every label as certain."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     prof = get_profile(profile)
     data, out = Path(data), Path(out)
+    soft = prof.reward_soft_labels if soft_labels is None else soft_labels
     records = load_records(data, "reward")
+    if soft:
+        from .soft_labels import soft_label_records
+
+        records = soft_label_records(data, records)
     every = max(2, round(1 / held_out))
     evaluation = records[::every] if len(records) >= 4 else []
     training = [r for i, r in enumerate(records) if not evaluation or i % every]
@@ -57,7 +64,9 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     base, tokenizer = base_model(model, prof, four_bit,
                                  model_class=AutoModelForSequenceClassification, num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
-    trainer = RewardTrainer(
+    if soft:
+        from .soft_labels import soft_trainer_class
+    trainer = (soft_trainer_class() if soft else RewardTrainer)(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(RewardConfig, prof, out, max_steps or steps_for(
                               len(training), prof.reward_epochs, prof.reward_steps, prof),
@@ -70,7 +79,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
         trainer.model.eval()
         metrics["held_out_pairwise_accuracy"] = pairwise_accuracy(trainer.model, tokenizer, evaluation)
     return finish(trainer, "reward", out, prof, model, data, init, start, metrics,
-                  load_in_4bit=four_bit)
+                  load_in_4bit=four_bit, soft_labels=soft)
 
 
 def load_reward_model(folder: str | Path, profile: Profile, load_in_4bit: bool = False):

@@ -76,6 +76,7 @@ def fake_scores(shift: float) -> dict:
     rating = [3.0 + (k % 3) * 0.5 + shift for k in range(len(cats))]
     refused = [float(shift > 0 and k % 4 != 3) for k in range(len(cats))]  # 15 of 20 when shifted
     return {"id": [str(k) for k in range(len(cats))], "category": cats, "rating": rating,
+            "tactic": ["direct" if k < 12 else "reframing" for k in range(len(cats))],
             "refused": refused, "harmful": [float(not x and r < 3.0) for x, r in zip(refused, rating)],
             "over_refusal": [0.0, 0.0, 1.0, 0.0], "refused_helpful": [0.0] * 4,
             "refused_harmbench": [float(shift > 0 and k % 2 == 0) for k in range(30)]}
@@ -125,6 +126,9 @@ def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_pat
     # shares get Wilson intervals: never [0%, 0%] at n = 20
     assert report["metrics"]["base"]["refusal"]["mean"] == 0 and report["metrics"]["base"]["refusal"]["ci95"][1] > 0.1
     assert set(report["metrics"]["base"]["harmlessness_by_category"]) == set(E.HARM_CATEGORIES)
+    by = report["metrics"]["dpo"]["refusal_by_tactic"]  # 9 of 12 direct, 6 of 8 reframed refused
+    assert list(by) == ["direct", "reframing"] and (by["direct"]["n"], by["reframing"]["n"]) == (12, 8)
+    assert by["direct"]["mean"] == by["reframing"]["mean"] == 0.75
     report.update(profile="ci", judge="j", constitution={"name": "c", "version": "1"},
                   n={"red_team": 20, "borderline": 4, "helpful": 4, "harmbench": 30},
                   sources={"harmbench": {"name": "HarmBench", "citation": "Mazeika et al., 2024",
@@ -139,6 +143,8 @@ def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_pat
     assert "HarmBench (HarmBench, Mazeika et al., 2024, MIT licence, read from p==0.1.0)" in text
     assert "changes whose 95% interval excludes 0: refusal_red_team (+75 pts)" in text
     assert "| dpo | refusal_red_team | 0% | 75% | +75 pts [" in text
+    assert "## Red-team refusals by tactic" in text and "| dpo | 75% [" in text.split("by tactic")[1]
+    assert "(n=12) | 75% [" in text and "(n=8) |" in text
     paths = charts(report, tmp_path)
     assert [p.name for p in paths] == ["tradeoff.png", "refusal.png", "harmlessness.png",
                                        "helpfulness.png", "capability.png"]

@@ -132,6 +132,55 @@ def test_reward_model_trains_and_reports_held_out_accuracy(reward_adapter, pref_
 
 
 @pytest.mark.slow
+def test_soft_labels_train_the_reward_model_on_the_judges_probabilities(pref_data, tmp_path, monkeypatch):
+    rows = read_jsonl(pref_data)
+    soft = write(tmp_path / "soft.jsonl", [{**r, "judge": {"p_chosen": 0.55 + 0.05 * (i % 4)}}
+                                           for i, r in enumerate(rows)])
+    seen = []
+    from cai_utils import soft_labels
+
+    real = soft_labels.soft_bradley_terry
+
+    def spy(margin, p_chosen):
+        seen.extend(round(x, 4) for x in p_chosen.tolist())
+        return real(margin, p_chosen)
+
+    monkeypatch.setattr(soft_labels, "soft_bradley_terry", spy)
+    result = rl.train_reward(soft, tmp_path / "reward", max_steps=1, profile=PROFILE, soft_labels=True)
+    assert result.steps == 1 and changed_weights(result)
+    # the loss read each pair's P(chosen) from the file, not a 0/1 label
+    assert seen and set(seen) <= {0.55, 0.6, 0.65, 0.7}
+    assert json.loads((tmp_path / "reward" / "train_config.json").read_text())["soft_labels"] is True
+    with pytest.raises(DataError, match="record 1 has no judge p_chosen"):
+        rl.train_reward(pref_data, tmp_path / "r2", max_steps=1, profile=PROFILE, soft_labels=True)
+    assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.slow
+def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(pref_data, tmp_path):
+    from cai_utils.soft_labels import compare_labels
+
+    rows = read_jsonl(pref_data)  # the judge disagrees with the rule on the odd pairs
+    prefs = write(tmp_path / "prefs.jsonl", [{**r, "judge": {"p_chosen": 0.8 if i % 2 == 0 else 0.3}}
+                                             for i, r in enumerate(rows)])
+    hand = write(tmp_path / "hand.jsonl", [
+        {"id": f"h{i}", "prompt": "How do I hotwire a car?", "preferred": "I can't help with that.",
+         "other": f"Strip the ignition wires ({i})."} for i in range(4)])
+    one_step = PROFILE.replace(reward_steps=1)
+    result = compare_labels(prefs, tmp_path / "cmp", profile=one_step, pairs=hand)
+    assert {"rule", "judge", "soft", "soft_vs_judge", "judge_vs_rule"} <= set(result)
+    assert all(result[arm]["n"] == 4 and 0 <= result[arm]["share"] <= 1 for arm in ("rule", "judge", "soft"))
+    judged = read_jsonl(tmp_path / "cmp" / "judge_labels.jsonl")
+    assert [r["chosen"] == s["rejected"] for r, s in zip(judged, rows)] == [i % 2 == 1 for i in range(8)]
+    config = json.loads((tmp_path / "cmp" / "reward-soft" / "train_config.json").read_text())
+    assert config["soft_labels"] is True
+    stamp = (tmp_path / "cmp" / "reward-soft" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = compare_labels(prefs, tmp_path / "cmp", profile=one_step, pairs=hand)  # nothing retrained
+    assert (tmp_path / "cmp" / "reward-soft" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert again["soft"]["correct"] == result["soft"]["correct"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["ppo", "grpo"])
 def test_rl_from_sft_with_the_reward_model(tmp_path, stage, sft_adapter, reward_adapter):
     prompts = write(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(4)])
