@@ -36,6 +36,62 @@ def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
     return sum(c > r for c, r in zip(chosen, rejected)) / len(records)
 
 
+def soft_bradley_terry(margin, p_chosen):
+    """The Bradley-Terry loss against a soft label: with r = reward(chosen) - reward(rejected)
+    and p the judge's probability that ``chosen`` is better,
+    -[p log sigma(r) + (1 - p) log sigma(-r)], averaged. At p = 1 it is the usual hard loss,
+    -log sigma(r); at p = 0.5 it is smallest at r = 0 (the judge could not tell: no preference).
+
+    >>> import torch
+    >>> r = torch.tensor([2.0, 0.0])
+    >>> round(soft_bradley_terry(r, torch.tensor([1.0, 1.0])).item(), 4) == round(
+    ...     -torch.nn.functional.logsigmoid(r).mean().item(), 4)
+    True
+    >>> r = torch.zeros(1, requires_grad=True)
+    >>> soft_bradley_terry(r, torch.tensor([0.5])).backward(); r.grad.item()
+    0.0
+    """
+    from torch.nn.functional import logsigmoid
+
+    return -(p_chosen * logsigmoid(margin) + (1 - p_chosen) * logsigmoid(-margin)).mean()
+
+
+def soft_label_records(path, records: list[dict]) -> list[dict]:
+    """``records`` (prompt, chosen, rejected) with the judge's P(chosen) from the stage-2 file,
+    carried in TRL's ``margin`` column (``SoftRewardTrainer`` reads it as the soft label)."""
+    from .data import read_jsonl
+
+    rows = read_jsonl(path)
+    missing = [n for n, r in enumerate(rows, start=1) if (r.get("judge") or {}).get("p_chosen") is None]
+    if missing:
+        raise DataError(f"{path}: record {missing[0]} has no judge p_chosen: soft labels need pairs "
+                        "labelled with the judge's probabilities (stage 2's `label` writes them)")
+    return [{**r, "margin": float(row["judge"]["p_chosen"])} for r, row in zip(records, rows)]
+
+
+def soft_trainer_class():
+    from trl import RewardTrainer
+
+    class SoftRewardTrainer(RewardTrainer):
+        """TRL's RewardTrainer with the soft Bradley-Terry loss: each pair's ``margin`` column
+        holds the judge's P(chosen) instead of a margin. TRL's own step (its reward metrics
+        and logging) runs unchanged; only the loss it returns is replaced."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            p_chosen = inputs.pop("margin")
+            _, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                              num_items_in_batch=num_items_in_batch)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1).float(), chunks=2)
+            loss = soft_bradley_terry(chosen - rejected, p_chosen.to(chosen.device))
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            return (loss, outputs) if return_outputs else loss
+
+    return SoftRewardTrainer
+
+
 @writes_to("out")
 def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bool | None = None,
                  max_steps: int | None = None, profile: str | Profile | None = None,
@@ -53,8 +109,6 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     soft = prof.reward_soft_labels if soft_labels is None else soft_labels
     records = load_records(data, "reward")
     if soft:
-        from .soft_labels import soft_label_records
-
         records = soft_label_records(data, records)
     every = max(2, round(1 / held_out))
     evaluation = records[::every] if len(records) >= 4 else []
@@ -64,8 +118,6 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     base, tokenizer = base_model(model, prof, four_bit,
                                  model_class=AutoModelForSequenceClassification, num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
-    if soft:
-        from .soft_labels import soft_trainer_class
     trainer = (soft_trainer_class() if soft else RewardTrainer)(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(RewardConfig, prof, out, max_steps or steps_for(

@@ -1,5 +1,6 @@
-"""Soft labels: train the reward model on the judge's probabilities instead of 0/1 labels,
-and compare against hard labels on the course's hand-labelled pairs.
+"""Soft labels against hard labels: reward models trained on the judge's probabilities
+(``rl.train_reward(..., soft_labels=True)``, the loss ``rl.soft_bradley_terry``) or on 0/1
+labels, compared on the course's hand-labelled pairs.
 
 A log-prob judge gives each pair a probability, P(chosen), not a verdict. Hard labels keep only
 which side of 0.5 it fell on; a soft label keeps how sure the judge was, so a pair it could not
@@ -13,64 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .data import DataError, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .data import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
-
-
-def soft_bradley_terry(margin, p_chosen):
-    """The Bradley-Terry loss against a soft label: with r = reward(chosen) - reward(rejected)
-    and p the judge's probability that ``chosen`` is better,
-    -[p log sigma(r) + (1 - p) log sigma(-r)], averaged. At p = 1 it is the usual hard loss,
-    -log sigma(r); at p = 0.5 it is smallest at r = 0 (the judge could not tell: no preference).
-
-    >>> import torch
-    >>> r = torch.tensor([2.0, 0.0])
-    >>> round(soft_bradley_terry(r, torch.tensor([1.0, 1.0])).item(), 4) == round(
-    ...     -torch.nn.functional.logsigmoid(r).mean().item(), 4)
-    True
-    >>> r = torch.zeros(1, requires_grad=True)
-    >>> soft_bradley_terry(r, torch.tensor([0.5])).backward(); r.grad.item()
-    0.0
-    """
-    from torch.nn.functional import logsigmoid
-
-    return -(p_chosen * logsigmoid(margin) + (1 - p_chosen) * logsigmoid(-margin)).mean()
-
-
-def soft_label_records(path, records: list[dict]) -> list[dict]:
-    """``records`` (prompt, chosen, rejected) with the judge's P(chosen) from the stage-2 file,
-    carried in TRL's ``margin`` column (``SoftRewardTrainer`` reads it as the soft label)."""
-    from .data import read_jsonl
-
-    rows = read_jsonl(path)
-    missing = [n for n, r in enumerate(rows, start=1) if (r.get("judge") or {}).get("p_chosen") is None]
-    if missing:
-        raise DataError(f"{path}: record {missing[0]} has no judge p_chosen: soft labels need pairs "
-                        "labelled with the judge's probabilities (stage 2's `label` writes them)")
-    return [{**r, "margin": float(row["judge"]["p_chosen"])} for r, row in zip(records, rows)]
-
-
-def soft_trainer_class():
-    from trl import RewardTrainer
-
-    class SoftRewardTrainer(RewardTrainer):
-        """TRL's RewardTrainer with the soft Bradley-Terry loss: each pair's ``margin`` column
-        holds the judge's P(chosen) instead of a margin. TRL's own step (its reward metrics
-        and logging) runs unchanged; only the loss it returns is replaced."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            import torch
-
-            p_chosen = inputs.pop("margin")
-            _, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                              num_items_in_batch=num_items_in_batch)
-            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1).float(), chunks=2)
-            loss = soft_bradley_terry(chosen - rejected, p_chosen.to(chosen.device))
-            if self.args.center_rewards_coefficient is not None:
-                loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
-            return (loss, outputs) if return_outputs else loss
-
-    return SoftRewardTrainer
+from .rl import load_reward_model, reward_scores, train_reward
 
 
 def hand_label_accuracy(folder: str | Path, profile: Profile, pairs=None) -> dict:
@@ -81,8 +27,6 @@ def hand_label_accuracy(folder: str | Path, profile: Profile, pairs=None) -> dic
     from .stats import share_ci
 
     rows = read_jsonl(pairs or project_root() / "data" / "calibration" / "pairs.jsonl")
-    from .rl import load_reward_model, reward_scores
-
     model, tokenizer = load_reward_model(folder, profile)
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     say = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
@@ -101,7 +45,6 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None)
     "judge_vs_rule": ...}``, also written to ``out/compare.json``. A model already trained on
     the same file is not trained again."""
     from .preferences import as_judge_labels
-    from .rl import train_reward
     from .stats import newcombe_paired
     from .training import is_current
 

@@ -137,15 +137,13 @@ def test_soft_labels_train_the_reward_model_on_the_judges_probabilities(pref_dat
     soft = write(tmp_path / "soft.jsonl", [{**r, "judge": {"p_chosen": 0.55 + 0.05 * (i % 4)}}
                                            for i, r in enumerate(rows)])
     seen = []
-    from cai_utils import soft_labels
-
-    real = soft_labels.soft_bradley_terry
+    real = rl.soft_bradley_terry
 
     def spy(margin, p_chosen):
         seen.extend(round(x, 4) for x in p_chosen.tolist())
         return real(margin, p_chosen)
 
-    monkeypatch.setattr(soft_labels, "soft_bradley_terry", spy)
+    monkeypatch.setattr(rl, "soft_bradley_terry", spy)
     result = rl.train_reward(soft, tmp_path / "reward", max_steps=1, profile=PROFILE, soft_labels=True)
     assert result.steps == 1 and changed_weights(result)
     # the loss read each pair's P(chosen) from the file, not a 0/1 label
