@@ -4,8 +4,9 @@ trained from it.
 
     python benchmarks/plot_sweep.py   # -> benchmarks/results/cpu_training_sweep.png
 
-Only rows scored on the current validation split (60 red-team, 54 borderline, 30 helpful) are
-drawn; earlier rows used a smaller split and are not comparable.
+Only rows scored on the validation split these sweeps used (60 red-team, 54 borderline, 30
+helpful) are drawn; earlier rows used a smaller split, later ones the enlarged split (140 / 78 /
+60, from 2026-12-03), and neither is comparable.
 """
 
 import json
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CURRENT_SPLIT = {"red_team": 60, "borderline": 54, "helpful": 30}
+CURRENT_SPLIT = {"red_team": 60, "borderline": 54, "helpful": 30}  # the split the drawn sweeps used
 PROFILE = {"lr": 1e-4, "steps": 72, "nll": 1.0, "pairs": 144, "mix": 0.75, "beta": 0.1}  # the cpu profile's DPO
 
 
