@@ -46,6 +46,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .sizing import DEVICES, device_for, plan_table
+
+    profile = get_profile(args.profile)
+    print(plan_table(profile, DEVICES[args.device] if args.device else device_for(profile)))
+    return 0
+
+
 def cmd_chat(args) -> int:
     from .generation import chat
     from .models import load_model
@@ -265,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "default model loads")
     p.add_argument("--no-load", action="store_true", help="skip loading the default model")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("plan", parents=[with_profile], help="estimated minutes per stage and training "
+                       "memory for a profile, before you run it (an estimate, not a measurement)")
+    p.add_argument("--device", choices=["cpu", "t4", "a100"],
+                   help="default: the one the profile is written for")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("chat", help="one greedy answer from a model")
     p.add_argument("message")

@@ -5,8 +5,8 @@ import pytest
 from cai_utils.profiles import PROFILES, get_profile
 
 
-def test_four_profiles_with_distinct_sizes():
-    assert set(PROFILES) == {"ci", "cpu", "t4", "a100"}
+def test_five_profiles_with_distinct_sizes():
+    assert set(PROFILES) == {"ci", "cpu", "t4-quick", "t4", "a100"}
     from cai_utils.data import load_prompts, project_root
 
     red_team_train = len(load_prompts(project_root() / "data/prompts/red_team_train.jsonl"))  # None: all
@@ -61,12 +61,12 @@ def test_default_without_env_is_cpu_here(monkeypatch):
     monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: False)
     assert get_profile().name == "cpu"
     monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: True)
-    assert get_profile().name == "t4"
+    assert get_profile().name == "t4-quick"  # Colab's free tier; CAI_PROFILE=t4 for the full sizes
 
 
 def test_unknown_profile_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("CAI_PROFILE", "tpu")
-    with pytest.raises(ValueError, match="unknown profile 'tpu': choose one of ci, cpu, t4, a100, t4-cpu, a100-cpu$"):
+    with pytest.raises(ValueError, match="unknown profile 'tpu': choose one of ci, cpu, t4, a100, t4-quick, t4-cpu, a100-cpu, t4-quick-cpu$"):
         get_profile()
     with pytest.raises(ValueError, match="unknown profile 'cpu-cpu'"):
         get_profile("cpu-cpu")  # only GPU profiles have a CPU stand-in
@@ -82,7 +82,7 @@ def test_replace_and_roles():
         profile.model_for("reviewer")
 
 
-@pytest.mark.parametrize("name", ["t4", "a100"])
+@pytest.mark.parametrize("name", ["t4-quick", "t4", "a100"])
 def test_gpu_profiles_size_training_in_passes_over_the_shipped_data(name, root):
     """Fixed step counts meant ~14 passes over the SFT data on t4 and ~136 on a100, reported as
     a large run (13 item 12): every stage now counts passes, so steps follow the files."""
@@ -97,8 +97,22 @@ def test_gpu_profiles_size_training_in_passes_over_the_shipped_data(name, root):
                           (prof.reward_epochs, prof.reward_steps), (prof.ppo_epochs, prof.ppo_steps)):
         passes = steps_for(n_sft, epochs, fixed, prof) * per_step / n_sft
         assert passes <= 4.5, (name, passes)
-    for limit in (prof.n_red_team, prof.n_helpful, prof.n_borderline):
-        assert limit is None  # the whole file: a bigger number would be capped silently
+    sizes = [(prof.n_red_team, "red_team"), (prof.n_helpful, "helpful"), (prof.n_borderline, "borderline")]
+    for limit, name in sizes:  # the whole file, or a sample smaller than it (never capped silently)
+        assert limit is None or limit < len(load_prompts(prompts / f"{name}_train.jsonl"))
+
+
+def test_t4_quick_fits_a_free_colab_session_by_the_estimate():
+    """t4-quick takes every branch t4 takes at sizes the estimate puts well inside one free
+    session (under an hour), and t4 well above it; the GPU memory fits a T4's 15 GB."""
+    from cai_utils.profiles import BRANCH_FIELDS
+    from cai_utils.sizing import DEVICES, plan
+
+    quick, full = PROFILES["t4-quick"], PROFILES["t4"]
+    assert all(getattr(quick, f) == getattr(full, f) for f in BRANCH_FIELDS if f != "rounds")
+    minutes = {p.name: sum(r["seconds"] for r in plan(p, DEVICES["t4"])) / 60 for p in (quick, full)}
+    assert minutes["t4-quick"] < 60 < 2 * minutes["t4-quick"] < minutes["t4"], minutes
+    assert max(r.get("memory_gb", 0) for r in plan(quick, DEVICES["t4"])) < DEVICES["t4"].memory_gb
 
 
 def test_bf16_on_cpu_only_where_the_cpu_has_native_bf16(monkeypatch, tmp_path):

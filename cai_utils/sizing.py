@@ -1,0 +1,301 @@
+"""Before you run a profile: roughly how long each stage takes and how much memory training needs.
+
+**Estimates, not measurements.** They come from the model's shape, the profile's sizes and a
+device's published peak figures, with one efficiency factor per kind of work:
+
+- training a token costs about ``6 N`` floating-point operations for a model of ``N``
+  parameters (forward ``2N``, backward ``4N``; LoRA still back-propagates through the frozen
+  weights), ``8 N`` with gradient checkpointing (the forward runs twice), and DPO adds the frozen
+  reference model's forward, ``2 N``;
+- reading a prompt (prefill, judging, lm-eval log-likelihoods) costs ``2 N`` per token;
+- writing a token (decoding) reads every weight once per step for the whole batch, so a step
+  takes the longer of ``weight bytes / memory bandwidth`` and ``2 N x batch / compute``.
+
+Seconds are operations divided by ``peak x efficiency``. The efficiencies of this course's CPU
+were measured (``benchmarks/sizing.py`` fits them to a ``make demo`` and shows how far the
+estimate lands on each stage); the GPU ones are assumptions set beside published figures in the
+README (section "Before you run a GPU profile"). Memory: 16-bit or 4-bit weights (embeddings and
+the output layer stay 16-bit under 4-bit loading: bitsandbytes quantises the other linear layers
+only), LoRA weights with Adam state, activations and the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .profiles import Profile
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model's size, from its config.json."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int  # key/value heads x head size
+    vocab: int
+    tied: bool  # input and output embeddings shared
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def block_params(self) -> int:
+        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_dim
+        return self.layers * (attention + 3 * self.hidden * self.intermediate)
+
+    @property
+    def params(self) -> int:
+        return self.embedding_params + self.block_params
+
+
+SHAPES = {
+    "default": Shape(30, 576, 1536, 192, 49152, True),  # SmolLM2-135M-Instruct (134.5M)
+    "Qwen/Qwen2.5-0.5B-Instruct": Shape(24, 896, 4864, 128, 151936, True),
+    "Qwen/Qwen2.5-1.5B-Instruct": Shape(28, 1536, 8960, 256, 151936, True),
+    "Qwen/Qwen2.5-7B-Instruct": Shape(28, 3584, 18944, 512, 152064, False),
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """Peak figures and the share of them each kind of work reaches."""
+
+    name: str
+    tflops: float  # dense peak in the compute dtype (fp16 on a T4, bf16 on an A100)
+    bandwidth_gbs: float
+    memory_gb: float  # what a run can use
+    train_efficiency: float
+    prefill_efficiency: float
+    decode_efficiency: float
+    step_seconds: float  # the least a decoding step takes (kernel launches, 4-bit unpacking)
+    load_seconds: float  # loading (and under 4-bit, quantising) the policy once
+
+
+DEVICES = {
+    # NVIDIA's T4 datasheet: 65 TFLOPS fp16 tensor, 320 GB/s, 16 GB (about 15 usable in Colab).
+    # QLoRA reaches a small share of it (4-bit weights are unpacked before every matmul)
+    # (assumed: a 10% share in training, a decoding step of at least 50 ms under bitsandbytes)
+    "t4": Device("NVIDIA T4 (Colab)", 65.0, 320.0, 15.0, 0.10, 0.25, 0.25, 0.05, 30.0),
+    # A100 40 GB: 312 TFLOPS bf16 tensor, 1,555 GB/s
+    "a100": Device("NVIDIA A100 40GB", 312.0, 1555.0, 40.0, 0.35, 0.45, 0.30, 0.025, 60.0),
+    # This course's 2-core CPU with bf16 autocast: the peak is 4x its measured fp32 matmul rate
+    # (140 GFLOP/s; bf16 ran ~4x) and the efficiencies are fitted to a make demo
+    # (benchmarks/sizing.py); reading prompts in big batches comes closest to the peak
+    "cpu": Device("2 CPU cores (bf16)", 0.56, 20.0, 24.0, 0.26, 0.60, 0.14, 0.0, 3.0),
+}
+
+PROMPT_TOKENS = 70  # a chat-formatted prompt from data/prompts, template included
+EXAMPLE_TOKENS = 220  # one worked example in a critique or revision prompt
+ANSWER_FILL = 0.8  # the share of max_new_tokens an answer uses on average
+
+
+def device_for(profile: Profile) -> Device:
+    """The device a profile is written for: its name's prefix (``t4-quick`` -> the T4), else
+    this course's CPU (``ci``, ``cpu`` and the ``-cpu`` stand-ins).
+
+    >>> device_for(Profile(name="t4-quick", description="", hardware="", memory="")).name
+    'NVIDIA T4 (Colab)'
+    """
+    if profile.name.endswith("-cpu"):
+        return DEVICES["cpu"]
+    return next((d for key, d in DEVICES.items() if profile.name.startswith(key)), DEVICES["cpu"])
+
+
+def shape_for(model: str) -> Shape:
+    """The shape of a model the profiles name; a one-line error for any other."""
+    if model not in SHAPES:
+        raise ValueError(f"no size on record for {model!r}: add its config.json figures to sizing.SHAPES")
+    return SHAPES[model]
+
+
+def lora_params(shape: Shape, profile: Profile) -> int:
+    """Trainable LoRA parameters: ``r x (inputs + outputs)`` for each adapted matrix.
+
+    >>> lora_params(SHAPES["default"], Profile(name="x", description="", hardware="", memory=""))
+    921600
+    """
+    h, kv, i, r = shape.hidden, shape.kv_dim, shape.intermediate, profile.lora_r
+    matrices = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    targets = profile.lora_target_modules
+    chosen = matrices if targets == "all-linear" else {k: v for k, v in matrices.items() if k in targets}
+    return shape.layers * sum(r * (a + b) for a, b in chosen.values())
+
+
+def weight_gb(shape: Shape, load_in_4bit: bool, dtype: str) -> float:
+    """Weights in memory. 4-bit NF4 with double quantisation stores about 4.13 bits a weight
+    (0.516 bytes) in the linear layers; embeddings stay 16-bit.
+
+    >>> round(weight_gb(SHAPES["Qwen/Qwen2.5-7B-Instruct"], True, "float16"), 2)
+    5.55
+    """
+    wide = 4 if dtype == "float32" else 2
+    blocks = shape.block_params * (0.516 if load_in_4bit else wide)
+    return (blocks + shape.embedding_params * wide) / 1e9
+
+
+def train_memory_gb(shape: Shape, profile: Profile, tokens: int, sequences: int = 1) -> float:
+    """Peak memory of a LoRA training step on ``sequences`` x batch rows of ``tokens``: weights,
+    LoRA weights with gradients and Adam moments (16 bytes each), activations (about
+    ``34 x hidden`` bytes per token and layer in 16-bit, one layer's worth plus a checkpoint per
+    layer under gradient checkpointing) and the logits with their fp32 copy and gradient."""
+    rows = profile.per_device_batch_size * sequences
+    per_layer = 34 * shape.hidden * tokens * rows
+    activations = (per_layer + 2 * shape.hidden * tokens * rows * shape.layers
+                   if profile.gradient_checkpointing else per_layer * shape.layers)
+    logits = rows * tokens * shape.vocab * (2 + 4 + 4)
+    return (weight_gb(shape, profile.load_in_4bit, profile.dtype) + 16 * lora_params(shape, profile) / 1e9
+            + (activations + logits) / 1e9 + 0.5)  # + the CUDA context and allocator slack
+
+
+def train_seconds(shape: Shape, device: Device, tokens: float, checkpointing: bool,
+                  reference: bool = False) -> float:
+    """Seconds to train on ``tokens`` tokens (DPO: ``reference`` adds the frozen forward)."""
+    per_token = (8 if checkpointing else 6) + (2 if reference else 0)
+    return per_token * shape.params * tokens / (device.tflops * 1e12 * device.train_efficiency)
+
+
+def prefill_seconds(shape: Shape, device: Device, tokens: float) -> float:
+    return 2 * shape.params * tokens / (device.tflops * 1e12 * device.prefill_efficiency)
+
+
+def decode_seconds(shape: Shape, device: Device, n: int, new_tokens: int, batch: int,
+                   weight_bytes_gb: float) -> float:
+    """Seconds to write ``new_tokens`` for ``n`` prompts in batches of ``batch`` (each batch
+    runs as long as its longest answer)."""
+    if n == 0:
+        return 0.0
+    rows = min(batch, n)
+    step = max(weight_bytes_gb * 1e9 / (device.bandwidth_gbs * 1e9), device.step_seconds,
+               2 * shape.params * rows / (device.tflops * 1e12 * device.decode_efficiency))
+    return math.ceil(n / batch) * new_tokens * step
+
+
+# lm-eval tasks that are groups of subtasks (``limit`` applies to each) or that write answers
+SUBTASKS = {"mmlu": 57}
+GENERATIVE = {"gsm8k": 256}  # new tokens per question
+HARMBENCH, XSTEST = 159, 250
+# per multiple-choice task: (answer options, tokens per option with its question); each option
+# is one log-likelihood. The course's own tasks are short questions
+CHOICE_TOKENS = {"arc_easy": (4, 45), "hellaswag": (4, 90), "mmlu": (4, 130), "truthfulqa_mc2": (8, 60)}
+COURSE_TASK = (4, 25)
+
+
+def _counts(profile: Profile) -> dict[str, int]:
+    """How many prompts each stage works on, read from the data files."""
+    from .data import load_prompts, project_root
+    from .pipeline import stage1_items
+
+    items = stage1_items(profile)
+    repeat = dict(profile.sft_repeat)
+    records = sum(repeat.get(i.get("set", ""), 1) for i in items)
+    red = sum(i.get("set") == "red_team" for i in items)
+    held = project_root() / "data" / "prompts"
+    test = {s: len(load_prompts(held / f"{s}_test.jsonl")) for s in ("red_team", "borderline", "helpful")}
+    if profile.eval_prompts:
+        test = {s: min(n, profile.eval_prompts) for s, n in test.items()}
+    return {"prompts": len(items), "red_team": red, "records": records,
+            "pairs": profile.n_pairs or len(items), **{f"test_{s}": n for s, n in test.items()}}
+
+
+def plan(profile: Profile, device: Device, models: int | None = None) -> list[dict]:
+    """One row per stage of ``run`` under ``profile`` on ``device``: what it does, estimated
+    seconds, and for training the estimated peak memory (GB). ``models``: how many models the
+    report evaluates (default: base, SFT, DPO and, with ``rl``, PPO)."""
+    from .training import steps_for
+
+    policy = shape_for(profile.policy_model)
+    critic = shape_for(profile.model_for("critic") if profile.critic in ("self", "course") else profile.critic)
+    judge = shape_for(profile.model_for("judge"))
+    c = _counts(profile)
+    wgb = weight_gb(policy, profile.load_in_4bit, profile.dtype)
+    answer = round(ANSWER_FILL * profile.max_new_tokens)
+    example = min(profile.max_length, PROMPT_TOKENS + answer)
+    rows = []
+
+    # stage 1: first answers, then per round a critique and a revision, each prompt carrying
+    # the worked examples
+    n1 = 0 if profile.critic == "course" else c["prompts"]
+    n1 += profile.self_critique_prompts if profile.critic != "self" else 0
+    context = PROMPT_TOKENS + profile.few_shot * EXAMPLE_TOKENS + answer
+    s = decode_seconds(policy, device, n1, profile.max_new_tokens, profile.batch_size, wgb)
+    s += profile.rounds * (prefill_seconds(critic, device, 2 * n1 * context)
+                           + decode_seconds(critic, device, n1, profile.critique_max_new_tokens, profile.batch_size, wgb)
+                           + decode_seconds(critic, device, n1, profile.max_new_tokens, profile.batch_size, wgb))
+    what = ("course-written records copied" if profile.critic == "course" else f"{c['prompts']} prompts")
+    rows.append({"stage": "critique", "work": f"{what}; {n1} prompts x {profile.rounds} round(s) generated", "seconds": s})
+
+    # stage 2: candidates (two samples per prompt in "samples" mode), then the judge reads each
+    # pair in both orders, once per principle asked
+    pairs = c["pairs"]
+    s = 2 * decode_seconds(policy, device, pairs, profile.max_new_tokens, profile.batch_size, wgb) \
+        if profile.candidate_mode == "samples" else 0.0
+    principles = 16 if profile.judge_mode == "all" else 1
+    s += prefill_seconds(judge, device, 2 * principles * pairs * (PROMPT_TOKENS + 150 + 2 * answer))
+    rows.append({"stage": "label", "work": f"{pairs} pairs x 2 orders x {principles} principle(s)", "seconds": s})
+
+    batch = profile.per_device_batch_size * profile.gradient_accumulation_steps
+    ckpt = profile.gradient_checkpointing
+    for stage, n, epochs, fixed, seqs, ref in (
+            ("sft", c["records"], profile.sft_epochs, profile.sft_steps, 1, False),
+            ("dpo", pairs, profile.dpo_epochs, profile.dpo_steps, 2, True),
+            ("reward", pairs, profile.reward_epochs, profile.reward_steps, 2, False)):
+        if stage == "reward" and not profile.rl:
+            continue
+        steps = steps_for(n, epochs, fixed, profile)
+        tokens = steps * batch * seqs * example
+        rows.append({"stage": stage, "work": f"{steps} steps x {batch} x {seqs} seq(s) x ~{example} tokens",
+                     "seconds": train_seconds(policy, device, tokens, ckpt, reference=ref),
+                     "memory_gb": train_memory_gb(policy, profile, example, seqs)})
+    if profile.rl:
+        # PPO holds three copies (policy, reward model, value model) and trains two; on a 4-bit
+        # base the pipeline runs GRPO instead (no value model: one copy, scored by the reward model)
+        grpo = profile.load_in_4bit
+        steps = steps_for(c["red_team"], profile.ppo_epochs, profile.ppo_steps, profile)
+        s = steps * (decode_seconds(policy, device, batch, profile.max_new_tokens, batch, wgb)
+                     + train_seconds(policy, device, (1 if grpo else 2) * batch * example, ckpt)
+                     + prefill_seconds(policy, device, 2 * batch * example))  # reference and reward
+        rows.append({"stage": "grpo" if grpo else "ppo", "work": f"{steps} steps, each writing {batch} answers",
+                     "seconds": s, "memory_gb": train_memory_gb(policy, profile, example) + (wgb if grpo else 2 * wgb)})
+
+    # the report: every model answers every held-out prompt, the judge rates the answers, and
+    # lm-eval scores the capability tasks
+    models = models or (4 if profile.rl else 3)
+    n_eval = c["test_red_team"] + c["test_borderline"] + c["test_helpful"] + HARMBENCH + (XSTEST if profile.xstest else 0)
+    eval_tokens = profile.eval_max_new_tokens
+    s = models * decode_seconds(policy, device, n_eval, eval_tokens, profile.batch_size, wgb)
+    limit = profile.lm_eval_limit or 0
+    multiple = [t for t in profile.lm_eval_tasks if t not in GENERATIVE]
+    questions = sum(SUBTASKS.get(t, 1) * limit for t in multiple)
+    s += models * prefill_seconds(policy, device, sum(SUBTASKS.get(t, 1) * limit * math.prod(CHOICE_TOKENS.get(t, COURSE_TASK))
+                                                      for t in multiple))
+    s += models * sum(decode_seconds(policy, device, limit, GENERATIVE[t], profile.batch_size, wgb)
+                      + prefill_seconds(policy, device, limit * 800)  # few-shot GSM8K prompts
+                      for t in profile.lm_eval_tasks if t in GENERATIVE)
+    rows.append({"stage": "answers", "work": f"{models} models x {n_eval} held-out prompts; "
+                 f"{questions} lm-eval questions", "seconds": s})
+    s = prefill_seconds(judge, device, models * c["test_red_team"] * (PROMPT_TOKENS + 200 + eval_tokens)
+                        + 2 * (models - 1) * c["test_helpful"] * (PROMPT_TOKENS + 150 + 2 * eval_tokens))
+    rows.append({"stage": "judge", "work": f"{models} x {c['test_red_team']} ratings, "
+                 f"{models - 1} x {c['test_helpful']} helpfulness pairs", "seconds": s})
+    # every stage loads its models: the policy (or an adapter on it), a judge, a reference
+    loads = 2 + 1 + 2 + 2 + (4 if profile.rl else 0) + models + 1
+    rows.append({"stage": "loading", "work": f"about {loads} model loads", "seconds": loads * device.load_seconds})
+    return rows
+
+
+def plan_table(profile: Profile, device: Device, rows: list[dict] | None = None) -> str:
+    """The plan as a Markdown table with a total, labelled as an estimate."""
+    rows = plan(profile, device) if rows is None else rows
+    fits = lambda gb: "" if gb is None else f"{gb:.1f}" + (" (over!)" if gb > device.memory_gb else "")  # noqa: E731
+    lines = [f"Estimate for profile `{profile.name}` on {device.name} (not a measurement; "
+             "see cai_utils/sizing.py for how it is made):", "",
+             "| stage | work | minutes | training memory, GB |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['work']} | {r['seconds'] / 60:.1f} | {fits(r.get('memory_gb'))} |" for r in rows]
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"| **total** | | **{total / 60:.0f}** | |")
+    return "\n".join(lines)

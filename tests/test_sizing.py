@@ -1,0 +1,69 @@
+"""The sizing estimate (`cai_utils.sizing`): its counts checked against the real model, PEFT and
+bitsandbytes on this CPU; its plan against the profile it reads. How close its seconds land to
+a measured run is a benchmark (benchmarks/sizing.py), not a test."""
+
+import pytest
+
+from cai_utils import sizing
+from cai_utils.profiles import PROFILES, stand_in
+
+
+def test_the_default_models_shape_gives_its_parameter_count(default_model):
+    model, _ = default_model
+    real = sum(p.numel() for p in model.parameters())
+    assert abs(sizing.SHAPES["default"].params - real) / real < 0.001  # norms left out: 0.03%
+
+
+@pytest.mark.parametrize("name", ["cpu", "t4-cpu"])  # attention only at r=8; every linear layer at r=16
+def test_lora_parameters_match_what_peft_trains(default_model, name):
+    from peft import get_peft_model
+
+    from cai_utils.models import load_model
+    from cai_utils.training import lora_config
+
+    prof = PROFILES["cpu"] if name == "cpu" else stand_in(name)
+    model, _ = load_model("default")
+    peft_model = get_peft_model(model, lora_config(prof))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert sizing.lora_params(sizing.SHAPES["default"], prof) == trainable
+
+
+def test_four_bit_weights_match_what_bitsandbytes_stores():
+    from cai_utils.models import load_model
+
+    model, _ = load_model("default", load_in_4bit=True, device="cpu")
+    real = model.get_memory_footprint() / 1e9
+    estimate = sizing.weight_gb(sizing.SHAPES["default"], True, str(model.dtype).removeprefix("torch."))
+    assert abs(estimate - real) / real < 0.1, (estimate, real)
+    assert sizing.weight_gb(sizing.SHAPES["default"], False, "float32") > 2 * real
+
+
+def test_the_plan_follows_the_profile():
+    cpu = PROFILES["cpu"]
+    rows = {r["stage"]: r for r in sizing.plan(cpu, sizing.DEVICES["cpu"])}
+    assert "reward" not in rows and "ppo" not in rows  # rl=False in the demo
+    from cai_utils.training import steps_for
+
+    records = sizing._counts(cpu)["records"]  # every training prompt, borderline ones twice
+    assert rows["sft"]["work"].startswith(f"{steps_for(records, cpu.sft_epochs, cpu.sft_steps, cpu)} steps x 2 ")
+    twice = {r["stage"]: r for r in sizing.plan(cpu.replace(sft_epochs=2.0), sizing.DEVICES["cpu"])}
+    assert twice["sft"]["seconds"] == pytest.approx(2 * rows["sft"]["seconds"], rel=0.01)
+    self_critic = {r["stage"]: r for r in sizing.plan(cpu.replace(critic="self"), sizing.DEVICES["cpu"])}
+    assert self_critic["critique"]["seconds"] > 20 * rows["critique"]["seconds"]  # the course critic is copied
+    t4 = {r["stage"] for r in sizing.plan(PROFILES["t4"], sizing.DEVICES["t4"])}
+    assert {"reward", "grpo"} <= t4  # a 4-bit base trains GRPO: PPO's value model does not fit
+    a100 = {r["stage"]: r for r in sizing.plan(PROFILES["a100"], sizing.DEVICES["a100"])}
+    assert a100["ppo"]["memory_gb"] > 3 * sizing.weight_gb(sizing.SHAPES[PROFILES["a100"].policy_model], False, "bfloat16")
+
+
+def test_a_model_without_a_shape_is_one_clear_error():
+    with pytest.raises(ValueError, match="no size on record for 'org/unknown'"):
+        sizing.plan(PROFILES["t4"].replace(policy_model="org/unknown"), sizing.DEVICES["t4"])
+
+
+def test_cli_plan_prints_the_estimate(capsys):
+    from cai_utils.cli import main
+
+    assert main(["plan", "--profile", "t4-quick"]) == 0
+    out = capsys.readouterr().out
+    assert "t4-quick" in out and "NVIDIA T4" in out and "not a measurement" in out and "**total**" in out
