@@ -23,6 +23,7 @@ _EXPORTS = {
     "preferences": ["run_label", "pair_candidates"],
     "rl": ["train_reward", "train_ppo", "train_grpo", "soft_bradley_terry"],
     "soft_labels": ["compare_labels", "hand_label_accuracy"],
+    "sizing": ["plan", "plan_table", "estimate_line"],
     "training": ["train_sft", "train_dpo"],
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "write_manifest",
              "read_manifest", "project_root"],

@@ -265,7 +265,9 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
     # the report: every model answers every held-out prompt, the judge rates the answers, and
     # lm-eval scores the capability tasks
     models = models or (4 if profile.rl else 3)
-    n_eval = c["test_red_team"] + c["test_borderline"] + c["test_helpful"] + HARMBENCH + (XSTEST if profile.xstest else 0)
+    cap = profile.eval_prompts or None  # prompts per set (0: every prompt)
+    external = min(HARMBENCH, cap or HARMBENCH) + (min(XSTEST, cap or XSTEST) if profile.xstest else 0)
+    n_eval = c["test_red_team"] + c["test_borderline"] + c["test_helpful"] + external
     eval_tokens = profile.eval_max_new_tokens
     s = models * decode_seconds(policy, device, n_eval, eval_tokens, profile.batch_size, wgb)
     limit = profile.lm_eval_limit or 0
@@ -299,3 +301,14 @@ def plan_table(profile: Profile, device: Device, rows: list[dict] | None = None)
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| **total** | | **{total / 60:.0f}** | |")
     return "\n".join(lines)
+
+
+def estimate_line(profile: Profile, stages: list[str]) -> str:
+    """The line a notebook prints before its work: the estimated minutes of the stages it runs
+    under the active profile (reward and PPO/GRPO counted even where ``run`` leaves them out)."""
+    device = device_for(profile)
+    rl = bool({"reward", "ppo", "grpo"} & set(stages))
+    rows = [r for r in plan(profile.replace(rl=True) if rl else profile, device) if r["stage"] in stages]
+    parts = ", ".join(f"{r['stage']} {r['seconds'] / 60:.1f}" for r in rows)
+    return (f"estimate for {profile.name} on {device.name}: ~{sum(r['seconds'] for r in rows) / 60:.1f} min "
+            f"({parts}); an estimate, not a measurement (python -m cai_utils plan)")

@@ -67,3 +67,18 @@ def test_cli_plan_prints_the_estimate(capsys):
     assert main(["plan", "--profile", "t4-quick"]) == 0
     out = capsys.readouterr().out
     assert "t4-quick" in out and "NVIDIA T4" in out and "not a measurement" in out and "**total**" in out
+
+
+def test_each_notebook_says_how_long_its_own_stages_take():
+    """Notebooks 02-07 print this line before their work; notebook 06 trains the reward model and
+    PPO even where `run` leaves them out (the cpu demo), so its line counts them."""
+    cpu = PROFILES["cpu"]
+    line = sizing.estimate_line(cpu, ["reward", "ppo", "grpo"])
+    assert "estimate for cpu" in line and "reward" in line and "ppo" in line and "grpo" not in line
+    assert "sft" not in sizing.estimate_line(cpu, ["critique"])
+    import json
+    from cai_utils.data import project_root
+
+    for path in sorted((project_root() / "notebooks").glob("0[2-7]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        assert any("sizing.estimate_line(profile" in "".join(c["source"]) for c in cells), path.name
