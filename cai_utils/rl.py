@@ -28,12 +28,17 @@ def reward_scores(model, tokenizer, prompts: list[list], completions: list[list]
     return scores
 
 
-def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
-    """Share of pairs whose chosen answer the reward model scores above the rejected one."""
+def pairwise_outcomes(model, tokenizer, records: list[dict]) -> list[float]:
+    """Per pair, 1.0 when the reward model scores the chosen answer above the rejected one."""
     prompts = [r["prompt"] for r in records]
     chosen = reward_scores(model, tokenizer, prompts, [r["chosen"] for r in records])
     rejected = reward_scores(model, tokenizer, prompts, [r["rejected"] for r in records])
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(records)
+    return [float(c > r) for c, r in zip(chosen, rejected)]
+
+
+def pairwise_accuracy(model, tokenizer, records: list[dict]) -> float:
+    """Share of pairs whose chosen answer the reward model scores above the rejected one."""
+    return sum(pairwise_outcomes(model, tokenizer, records)) / len(records)
 
 
 def soft_bradley_terry(margin, p_chosen):

@@ -16,23 +16,22 @@ from pathlib import Path
 
 from .data import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
-from .rl import load_reward_model, reward_scores, train_reward
+from .rl import load_reward_model, pairwise_outcomes, train_reward
 
 
 def hand_label_accuracy(folder: str | Path, profile: Profile, pairs=None) -> dict:
     """How often a trained reward model scores the hand-preferred answer above the other on
     the course's hand-labelled pairs (``data/calibration/pairs.jsonl``, never trained on):
     ``{"share", "ci95", "n", "correct"}`` with a Wilson interval and per-pair outcomes."""
-    from .data import project_root, read_jsonl
+    from .data import project_root
     from .stats import share_ci
 
     rows = read_jsonl(pairs or project_root() / "data" / "calibration" / "pairs.jsonl")
     model, tokenizer = load_reward_model(folder, profile)
-    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-    say = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    good = reward_scores(model, tokenizer, prompts, [say(r["preferred"]) for r in rows])
-    other = reward_scores(model, tokenizer, prompts, [say(r["other"]) for r in rows])
-    correct = [float(g > o) for g, o in zip(good, other)]
+    say = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    correct = pairwise_outcomes(model, tokenizer, [
+        {"prompt": say("user", r["prompt"]), "chosen": say("assistant", r["preferred"]),
+         "rejected": say("assistant", r["other"])} for r in rows])
     ci = share_ci(correct)
     return {"share": ci["mean"], "ci95": ci["ci95"], "n": ci["n"], "correct": correct}
 
