@@ -167,7 +167,7 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                            profile=prof)),
         "dpo": (lambda: training.is_current(paths["dpo"], paths["label"], paths["sft"]),
                 lambda: training.train_dpo(paths["label"], paths["dpo"], init=paths["sft"], profile=prof)),
-        "reward": (lambda: training.is_current(paths["reward"], paths["label"]),
+        "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward_soft_labels),
                    lambda: rl.train_reward(paths["label"], paths["reward"], model=prof.policy_model,
                                            profile=prof)),
         "ppo": (rl_current,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .data import DataError, writes_to
 from .profiles import DEFAULT_MODEL, Profile, get_profile
-from .training import (TrainResult, adapter_base, base_model, finish, is_done, load_records,
+from .training import (TrainResult, adapter_base, base_model, finish, is_current, is_done, load_records,
                        fp32_trainable, lora_config, steps_for, trainer_args, with_adapter)
 
 
@@ -26,6 +26,16 @@ def reward_scores(model, tokenizer, prompts: list[list], completions: list[list]
         with torch.inference_mode():
             scores += model(**enc).logits[:, 0].float().tolist()
     return scores
+
+
+def reward_is_current(out: str | Path, data: str | Path, soft_labels: bool) -> bool:
+    """``training.is_current`` for a reward model, which must also have been trained on the same
+    kind of labels (the judge's probabilities or 0/1): the data file is the same either way."""
+    import json
+
+    config = Path(out) / "train_config.json"
+    return (is_current(out, data) and config.is_file()
+            and bool(json.loads(config.read_text()).get("soft_labels", False)) == soft_labels)
 
 
 def pairwise_outcomes(model, tokenizer, records: list[dict]) -> list[float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .profiles import Profile, get_profile
-from .rl import load_reward_model, pairwise_outcomes, train_reward
+from .rl import load_reward_model, pairwise_outcomes, reward_is_current, train_reward
 
 
 def hand_label_accuracy(folder: str | Path, profile: Profile, pairs=None) -> dict:
@@ -45,7 +45,6 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None)
     the same file is not trained again."""
     from .preferences import as_judge_labels
     from .stats import newcombe_paired
-    from .training import is_current
 
     prof, out = get_profile(profile), Path(out)
     judged = out / "judge_labels.jsonl"
@@ -54,7 +53,7 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None)
     for arm, data, soft in (("rule", Path(prefs), False), ("judge", judged, False), ("soft", judged, True)):
         folder = out / f"reward-{arm}"
         start = time.perf_counter()
-        trained = not is_current(folder, data)
+        trained = not reward_is_current(folder, data, soft)
         if trained:
             train_reward(data, folder, model=prof.policy_model, profile=prof, soft_labels=soft)
         results[arm] = {**hand_label_accuracy(folder, prof, pairs), "trained": trained,

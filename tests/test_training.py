@@ -176,6 +176,12 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     again = compare_labels(prefs, tmp_path / "cmp", profile=one_step, pairs=hand)  # nothing retrained
     assert (tmp_path / "cmp" / "reward-soft" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert again["soft"]["correct"] == result["soft"]["correct"]
+    # the same labels file trains both kinds: a model of the other kind is not current (a run with
+    # reward_soft_labels flipped retrains instead of reusing it)
+    judged_file = tmp_path / "cmp" / "judge_labels.jsonl"
+    for arm, soft in (("soft", True), ("judge", False)):
+        assert rl.reward_is_current(tmp_path / "cmp" / f"reward-{arm}", judged_file, soft)
+        assert not rl.reward_is_current(tmp_path / "cmp" / f"reward-{arm}", judged_file, not soft)
 
 
 @pytest.mark.slow
