@@ -221,8 +221,29 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    contiguous_lm_head(model)
     model.eval()
     return model, tokenizer
+
+
+def contiguous_lm_head(model) -> bool:
+    """Hand the output projection a contiguous input; True when the model has one.
+
+    Generation and the judge ask for the last position's logits only (``logits_to_keep=1``),
+    which hands ``lm_head`` a strided (batch, 1, hidden) slice. When the weight does not
+    require grad (a merged adapter: PEFT freezes the base), torch's ``matmul`` multiplies such a
+    slice by the weight expanded per row and copies the whole vocabulary matrix once per row:
+    1.8 GB for a batch of 32 on the 135M model, ~3 s per prompt batch on this course's CPU. A
+    contiguous copy of the slice costs kilobytes and gives the same numbers
+    (``benchmarks/prefill_lm_head.py``: identical greedy texts, identical judge probabilities).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return False
+    if not getattr(head, "_cai_contiguous", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._cai_contiguous = True
+    return True
 
 
 def load_for_inference(name: str, profile, *, load_in_4bit: bool | None = None, **kwargs):

@@ -15,6 +15,30 @@ def test_default_loads_offline_and_chats(default_model, monkeypatch):
     assert "Paris" in answer
 
 
+def test_the_output_projection_gets_a_contiguous_input_and_the_same_logits(default_model):
+    model, tokenizer = default_model
+    head = model.get_output_embeddings()
+    ours = dict(head._forward_pre_hooks)
+    assert head._cai_contiguous and len(ours) == 1
+    assert models.contiguous_lm_head(model) and len(head._forward_pre_hooks) == 1  # never twice
+    enc = tokenizer(["Name a colour.", "What is two plus two, please?"], return_tensors="pt", padding=True)
+    seen, logits = {}, {}
+    try:
+        for name in ("with the hook", "without"):
+            head._forward_pre_hooks.clear()
+            if name == "with the hook":
+                head._forward_pre_hooks.update(ours)
+            probe = head.register_forward_pre_hook(lambda m, args: seen.__setitem__(name, args[0].is_contiguous()))
+            with torch.inference_mode():  # the last position only, as generation and the judge ask
+                logits[name] = model(**enc, logits_to_keep=1).logits
+            probe.remove()
+    finally:
+        head._forward_pre_hooks.clear()
+        head._forward_pre_hooks.update(ours)
+    assert seen == {"with the hook": True, "without": False}
+    assert torch.equal(logits["with the hook"], logits["without"])
+
+
 def test_tokenizer_pads_left_for_generation():
     tokenizer = load_tokenizer("default")
     assert tokenizer.padding_side == "left"
