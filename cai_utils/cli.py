@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cai_utils",
         description="Constitutional AI end to end: constitutions, critique-revision data, "
                     "RLAIF preferences, training and evaluation.")
+    from .sizing import DEVICES  # profiles and arithmetic only: the CLI still starts without torch
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # options every stage shares, declared once (argparse parent parsers)
     with_profile = argparse.ArgumentParser(add_help=False)
@@ -276,8 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", parents=[with_profile], help="estimated minutes per stage and training "
                        "memory for a profile, before you run it (an estimate, not a measurement)")
-    p.add_argument("--device", choices=["cpu", "t4", "a100"],
-                   help="default: the one the profile is written for")
+    p.add_argument("--device", choices=list(DEVICES), help="default: the one the profile is written for")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("chat", help="one greedy answer from a model")

@@ -305,10 +305,13 @@ def plan_table(profile: Profile, device: Device, rows: list[dict] | None = None)
 
 def estimate_line(profile: Profile, stages: list[str]) -> str:
     """The line a notebook prints before its work: the estimated minutes of the stages it runs
-    under the active profile (reward and PPO/GRPO counted even where ``run`` leaves them out)."""
+    under the active profile (reward and PPO/GRPO counted even where ``run`` leaves them out),
+    and the peak memory of the training stages among them."""
     device = device_for(profile)
     rl = bool({"reward", "ppo", "grpo"} & set(stages))
     rows = [r for r in plan(profile.replace(rl=True) if rl else profile, device) if r["stage"] in stages]
     parts = ", ".join(f"{r['stage']} {r['seconds'] / 60:.1f}" for r in rows)
+    memory = ", ".join(f"{r['stage']} {r['memory_gb']:.1f} GB" for r in rows if "memory_gb" in r)
     return (f"estimate for {profile.name} on {device.name}: ~{sum(r['seconds'] for r in rows) / 60:.1f} min "
-            f"({parts}); an estimate, not a measurement (python -m cai_utils plan)")
+            f"({parts})" + (f"; training memory {memory}" if memory else "")
+            + "; an estimate, not a measurement (python -m cai_utils plan)")

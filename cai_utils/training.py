@@ -123,19 +123,6 @@ def fp32_trainable(trainer):
     return trainer
 
 
-def memory_estimate_gb(total_params: int, trainable_params: int, load_in_4bit: bool,
-                       dtype: str = "float16", activations_gb: float = 1.0) -> float:
-    """Rough GPU memory for LoRA training: weights, trainable weights with Adam state, and a
-    fixed allowance for activations.
-
-    >>> round(memory_estimate_gb(1_500_000_000, 20_000_000, True), 1)
-    2.1
-    """
-    weight_bytes = 0.55 if load_in_4bit else (4 if dtype == "float32" else 2)
-    adam_bytes = 4 + 4 + 4 + 4  # fp32 master weight, gradient, two moments
-    return (total_params * weight_bytes + trainable_params * adam_bytes) / 1e9 + activations_gb
-
-
 def base_model(name: str, profile: Profile, load_in_4bit: bool, model_class=None, **kwargs):
     """Load a model to train; 4-bit models get PEFT's k-bit preparation."""
     from .models import load_model

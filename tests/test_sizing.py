@@ -67,6 +67,11 @@ def test_cli_plan_prints_the_estimate(capsys):
     assert main(["plan", "--profile", "t4-quick"]) == 0
     out = capsys.readouterr().out
     assert "t4-quick" in out and "NVIDIA T4" in out and "not a measurement" in out and "**total**" in out
+    for device in sizing.DEVICES:  # every device sizing knows is a choice, and nothing else
+        assert main(["plan", "--profile", "ci", "--device", device]) == 0
+        assert sizing.DEVICES[device].name in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plan", "--device", "tpu"])
 
 
 def test_each_notebook_says_how_long_its_own_stages_take():
@@ -76,6 +81,9 @@ def test_each_notebook_says_how_long_its_own_stages_take():
     line = sizing.estimate_line(cpu, ["reward", "ppo", "grpo"])
     assert "estimate for cpu" in line and "reward" in line and "ppo" in line and "grpo" not in line
     assert "sft" not in sizing.estimate_line(cpu, ["critique"])
+    assert "memory" not in sizing.estimate_line(cpu, ["critique"])
+    gb = next(r["memory_gb"] for r in sizing.plan(PROFILES["t4"], sizing.DEVICES["t4"]) if r["stage"] == "dpo")
+    assert f"training memory dpo {gb:.1f} GB" in sizing.estimate_line(PROFILES["t4"], ["dpo"])
     import json
     from cai_utils.data import project_root
 
