@@ -16,7 +16,7 @@ from cai_utils import constitution as cons
 from cai_utils import prompts
 from cai_utils.data import project_root
 from cai_utils.generation import HFGenerator, SamplingParams
-from cai_utils.preferences import LogProbJudge, judge_pairs, load_calibration
+from cai_utils.judge import LogProbJudge, judge_pairs, load_calibration
 
 LETTER = re.compile(r"\(?\b([AB])\b\)?")
 

@@ -9,7 +9,6 @@ the same prompts uses a paired interval. ``report.py`` puts them together.
 
 from __future__ import annotations
 
-from .stats import bootstrap_ci, paired_bootstrap, proportion_ci  # noqa: F401  (re-exported)
 from .text_checks import is_refusal
 
 HARM_CATEGORIES = ("weapons", "manipulation", "privacy", "illegal", "self-harm")

@@ -257,7 +257,9 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     """
     from . import constitution as cons
     from .critique import run_critique
-    from .evaluation import HarmRater, bootstrap_ci, held_out_sets, is_refusal, paired_bootstrap
+    from .evaluation import HarmRater, held_out_sets
+    from .stats import bootstrap_ci, paired_bootstrap
+    from .text_checks import is_refusal
     from .generation import HFGenerator, SamplingParams
     from .models import load_for_inference
     from .training import is_done, train_sft

@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from .constitution import Constitution, Principle
 from .text_checks import is_refusal
 from .data import writes_to
-from .judge import (LogProbJudge, Verdict, agreement, calibrate, judge_pairs,  # noqa: F401
-                    load_calibration, option_probs, option_token_ids)
+from .judge import LogProbJudge, Verdict, judge_pairs
 
 
 def principles_for(constitution: Constitution, key: str, mode: str, seed: int = 0,

@@ -22,7 +22,8 @@ from .capability import alignment_tax, capability_scores
 from .charts import CHARTS, charts
 from .data import (DataError, writes_to, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
                    write_jsonl_atomic, write_manifest)
-from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, is_refusal, win_rates
+from .evaluation import HARM_CATEGORIES, HarmRater, harm_metrics, held_out_sets, win_rates
+from .text_checks import is_refusal
 from .profiles import Profile, get_profile, inference_dtype
 from .stats import bootstrap_ci, newcombe_paired, paired_bootstrap, share_ci
 from .workspace import DEFAULT_CONSTITUTION

@@ -4,29 +4,30 @@ import json
 import pytest
 
 from cai_utils import evaluation as E
+from cai_utils import stats
 from cai_utils.charts import charts
 from cai_utils.report import build_report, markdown, model_labels, summary_table
 from cai_utils.data import DataError
 
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
-    small = E.bootstrap_ci([0.0, 1.0] * 5)
-    large = E.bootstrap_ci([0.0, 1.0] * 200)
+    small = stats.bootstrap_ci([0.0, 1.0] * 5)
+    large = stats.bootstrap_ci([0.0, 1.0] * 200)
     for ci in (small, large):
         assert ci["ci95"][0] < ci["mean"] == 0.5 < ci["ci95"][1]
     assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
-    assert E.bootstrap_ci([0.0, 1.0] * 5) == small  # seeded: the same numbers every time
+    assert stats.bootstrap_ci([0.0, 1.0] * 5) == small  # seeded: the same numbers every time
 
 
 def test_paired_bootstrap_sees_a_consistent_shift_an_unpaired_view_would_miss():
     base = [float(i) for i in range(20)]  # wide spread between items
     shifted = [b + 1 for b in base]  # every item one point higher
-    d = E.paired_bootstrap(base, shifted)
+    d = stats.paired_bootstrap(base, shifted)
     assert d["diff"] == 1 and d["ci95"] == [1, 1] and d["significant"]
-    same = E.paired_bootstrap(base, base)
+    same = stats.paired_bootstrap(base, base)
     assert same["diff"] == 0 and not same["significant"]
     with pytest.raises(ValueError, match="same items"):
-        E.paired_bootstrap([1.0], [1.0, 2.0])
+        stats.paired_bootstrap([1.0], [1.0, 2.0])
 
 
 def test_held_out_sets_cover_every_harm_category_and_never_training_prompts(root):

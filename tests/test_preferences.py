@@ -8,8 +8,8 @@ import pytest
 
 from cai_utils import constitution as cons
 from cai_utils.data import read_jsonl, read_manifest
-from cai_utils.preferences import (LogProbJudge, agreement, balanced, judge_pairs, label_stats,
-                                   load_calibration, pair_candidates, preference_record,
+from cai_utils.judge import LogProbJudge, agreement, judge_pairs, load_calibration
+from cai_utils.preferences import (balanced, label_stats, pair_candidates, preference_record,
                                    principles_for)
 
 ROOT = Path(__file__).resolve().parents[1]
