@@ -113,7 +113,7 @@ class Profile:
     dpo_loss_types: tuple[str, ...] = ("sigmoid",)
     dpo_loss_weights: tuple[float, ...] | None = None
     # run's reward-model and PPO/GRPO stages (notebook 06 trains them under any profile); the cpu
-    # demo leaves them out to fit 20 minutes: four PPO steps there changed no answer
+    # demo leaves them out to save its time: four PPO steps there changed no answer
     rl: bool = True
     ppo_kl_coef: float = 0.075  # ~50% above the usual 0.05: AI rewards are noisier (the paper)
     gradient_checkpointing: bool = False  # made DPO/reward/PPO steps 6-7x slower on this CPU
@@ -214,7 +214,7 @@ PROFILES: dict[str, Profile] = {
         dpo_epochs=1.0,  # one pass over the 144 pairs at batch 2: 72 steps
         reward_steps=20,
         ppo_steps=4,
-        rl=False,  # `make demo` fits 20 minutes without them; notebook 06 trains them
+        rl=False,  # `make demo` is already over 20 minutes without them; notebook 06 trains them
         eval_prompts=0,  # every held-out prompt: 110 red-team, 64 borderline, 65 helpful
         eval_max_new_tokens=48,
         lm_eval_limit=50,
