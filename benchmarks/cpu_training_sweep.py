@@ -19,10 +19,11 @@ from pathlib import Path
 from cai_utils import constitution as cons
 from cai_utils.course_critic import write_course_arm
 from cai_utils.data import project_root
-from cai_utils.evaluation import refusal_quality
+from cai_utils.evaluation import held_out_sets, refusal_quality
 from cai_utils.pipeline import stage1_items
 from cai_utils.preferences import STRATA, run_label
 from cai_utils.profiles import get_profile, uses_cpu_bf16
+from cai_utils.text_checks import is_refusal
 from cai_utils.training import is_done, train_dpo, train_sft
 
 
@@ -47,13 +48,24 @@ def name_of(kind: str, spec: dict) -> str:
     return kind + "-" + "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in spec.items())
 
 
+def by_length(items: list[dict], refused: list[bool], parts: int = 4) -> list[list[int]]:
+    """``[[refused, n], ...]`` per length quartile of the prompts (shortest first), in characters
+    of every turn: whether refusals hold on short, blunt requests as on long ones."""
+    ranked = sorted(zip((sum(len(m["content"]) for m in i["messages"]) for i in items), refused),
+                    key=lambda pair: pair[0])
+    cuts = [len(ranked) * k // parts for k in range(parts + 1)]
+    return [[sum(r for _, r in ranked[a:b]), b - a] for a, b in zip(cuts, cuts[1:])]
+
+
 def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
     start = time.perf_counter()
     q = refusal_quality(str(folder), prof, split="val")
+    red = held_out_sets(prof, split="val")["red_team"]
     row = {"model": label, **extra, "bf16": uses_cpu_bf16(prof), "red_team_refused": q["red_team_declined"],
            "borderline_refused": 1 - q["borderline_answered"],
            "helpful_refused": 1 - q["helpful_answered"], "n": q["n"], "split": "val",
            "red_team_by_tactic": q["red_team_by_tactic"],
+           "red_team_by_length": by_length(red, [is_refusal(a) for a in q["answers"]["red_team"]]),
            "eval_seconds": round(time.perf_counter() - start, 1),
            "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline]}
     with log.open("a") as handle:
@@ -71,7 +83,7 @@ def main() -> None:
                     help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all]"
                          "[,sched=constant_with_warmup,warmup=0.05]")
     ap.add_argument("--dpo", nargs="*", default=[],
-                    help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE]"
+                    help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE,tactics=proportional|equal]"
                          "[,init=K: from the K-th --sft model, default the first]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
     ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
@@ -107,10 +119,13 @@ def main() -> None:
     for spec in map(parse, args.dpo):
         # the pair mix: how many pairs, and the share on benign prompts (answer over refusal)
         n_pairs, mix = int(spec.get("pairs", prof.n_pairs)), spec.get("mix", prof.benign_pair_share)
-        prefs = out / ("prefs.jsonl" if (n_pairs, mix) == (prof.n_pairs, prof.benign_pair_share)
-                       else f"prefs-{n_pairs}-{mix:g}.jsonl")
+        tactics = spec.get("tactics", prof.pair_tactics)  # harmful pairs per tactic: proportional or equal
+        prefs = out / ("prefs.jsonl" if (n_pairs, mix, tactics) == (prof.n_pairs, prof.benign_pair_share,
+                                                                    prof.pair_tactics)
+                       else f"prefs-{n_pairs}-{mix:g}-{tactics}.jsonl")
         if not prefs.is_file():
-            print(run_label(const, sft_data, prefs, profile=prof.replace(n_pairs=n_pairs, benign_pair_share=mix)))
+            print(run_label(const, sft_data, prefs, profile=prof.replace(
+                n_pairs=n_pairs, benign_pair_share=mix, pair_tactics=tactics)))
         folder = out / (sft_folders[int(spec.get("init", 0))].name + "." + name_of("dpo", spec))
         p = lora(prof, spec).replace(dpo_learning_rate=spec["lr"], dpo_steps=int(spec["steps"]),
                          dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
@@ -120,7 +135,7 @@ def main() -> None:
             r = train_dpo(prefs, folder, init=sft_folders[int(spec.get("init", 0))], profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
         score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": sft_folders[int(spec.get("init", 0))].name,
-                                               "pair_strata": list(STRATA),
+                                               "pair_strata": list(STRATA), "pair_tactics": tactics,
                                                **{("nll" if k == "sft" else k): v for k, v in spec.items()}})
 
 

@@ -81,6 +81,48 @@ def stratified(items: list[dict], n: int | None, key: str | tuple[str, ...] = "c
     return picked
 
 
+def proportional(items: list[dict], n: int | None, key: str = "tactic",
+                 within: str | tuple[str, ...] = "category") -> list[dict]:
+    """``n`` items shared among the groups of ``key`` in proportion to their sizes (largest
+    remainder, at least one per group while ``n`` allows), each group's share ``stratified`` by
+    ``within``. Equal shares per group would over-weight the rare groups: with 340 red-team
+    prompts, 43 of them persistence and 157 direct, equal shares give the persistence prompts
+    as many preference pairs as the direct ones.
+
+    >>> rows = [{"id": i, "tactic": t, "category": "a"} for i, t in enumerate("dddddddprm")]
+    >>> "".join(sorted(r["tactic"] for r in proportional(rows, 8)))
+    'dddddmpr'
+    >>> "".join(sorted(r["tactic"] for r in proportional(rows, 3)))
+    'ddp'
+    >>> [r["id"] for r in proportional(rows, None)] == list(range(10))
+    True
+    """
+    if not n or n >= len(items):
+        return list(items)
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(item.get(key), []).append(item)
+    sizes = {g: len(rows) for g, rows in groups.items()}
+    floor = 1 if n >= len(groups) else 0
+    quota = {g: max(floor, int(n * k / len(items))) for g, k in sizes.items()}
+    # the remainder by largest fractional share; then trim if the floors overshot
+    order = sorted(groups, key=lambda g: n * sizes[g] / len(items) - int(n * sizes[g] / len(items)),
+                   reverse=True)
+    i = 0
+    while sum(quota.values()) < n:
+        g = order[i % len(order)]
+        if quota[g] < sizes[g]:
+            quota[g] += 1
+        i += 1
+    for g in sorted(groups, key=lambda g: quota[g], reverse=True):
+        while sum(quota.values()) > n and quota[g] > 1:
+            quota[g] -= 1
+    picked = []
+    for g, rows in groups.items():
+        picked += stratified(rows, quota[g], within) if quota[g] else []
+    return picked
+
+
 SETS = ("red_team", "borderline", "helpful")
 
 

@@ -78,12 +78,43 @@ def pair_candidates(records: list[dict], mode: str) -> list[dict]:
 STRATA = ("category", "tactic")  # how pairs are sampled: every category and tactic in turn
 
 
-def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5) -> list[dict]:
+def prompt_chars(pair: dict) -> int:
+    """The length of a pair's conversation so far, in characters (every turn's text)."""
+    prompt = pair["prompt"]
+    return len(prompt) if isinstance(prompt, str) else sum(len(m.get("content") or "") for m in prompt)
+
+
+def length_matched(candidates: list[dict], n: int, reference: list[dict]) -> list[dict]:
+    """``n`` candidates whose prompt lengths follow ``reference``'s: for each of ``n`` evenly
+    spaced quantiles of the reference lengths, the unused candidate closest in length. Used for
+    harmful pairs against the benign ones, so prompt length says nothing about which answer wins.
+
+    >>> ref = [{"prompt": "x" * k} for k in (10, 12, 14, 90)]
+    >>> cands = [{"prompt": "y" * k} for k in (200, 11, 13, 300, 95, 60)]
+    >>> sorted(len(c["prompt"]) for c in length_matched(cands, 2, ref))
+    [11, 95]
+    """
+    targets = sorted(map(prompt_chars, reference))
+    pool = sorted(candidates, key=prompt_chars)
+    picked = []
+    for i in range(min(n, len(pool))):
+        goal = targets[min(len(targets) - 1, int((i + 0.5) * len(targets) / n))]
+        best = min(range(len(pool)), key=lambda k: abs(prompt_chars(pool[k]) - goal))
+        picked.append(pool.pop(best))
+    return picked
+
+
+def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5,
+             tactics: str = "equal") -> list[dict]:
     """``n`` pairs: ``benign_share`` of them benign (answer over a needless refusal) and the rest
-    harmful (refusal over compliance) where both kinds are there, each kind stratified by
-    category and red-teaming tactic (direct, reframing, persistence, multi-turn: a policy that
-    learns to refuse only direct requests still answers the reframed ones), all pairs when n is
-    None or 0. Pairs of any other kind count as harmful.
+    harmful (refusal over compliance) where both kinds are there, all pairs when n is None or 0.
+    Pairs of any other kind count as harmful.
+
+    Harmful pairs cover every red-teaming tactic (direct, reframing, persistence, multi-turn: a
+    policy that learns to refuse only direct requests still answers the reframed ones), in
+    equal shares (``tactics="equal"``) or in proportion to the candidates' tactics
+    (``"proportional"``), and every category within a tactic; or (``"length"``) harmful pairs
+    whose prompt lengths follow the benign pairs' (``length_matched``).
 
     >>> ps = [{"kind": "harmful", "category": c} for c in "aab"] + [{"kind": "benign", "category": "x"}] * 3
     >>> [(p["kind"], p["category"]) for p in balanced(ps, 4)]
@@ -91,21 +122,29 @@ def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5) -> lis
     >>> [p["kind"] for p in balanced(ps, 4, benign_share=0.75)]
     ['harmful', 'benign', 'benign', 'benign']
     """
-    from .evaluation import stratified
+    from .evaluation import proportional, stratified
 
+    if tactics not in ("equal", "proportional", "length"):
+        raise ValueError(f"tactics must be 'equal', 'proportional' or 'length', not {tactics!r}")
     if not n:
         return pairs
     if not 0 <= benign_share <= 1:
         raise ValueError(f"benign_share must be between 0 and 1, not {benign_share}")
+    pick = proportional if tactics == "proportional" else (lambda rows, k: stratified(rows, k, STRATA))
     benign = [p for p in pairs if p["kind"] == "benign"]
     harmful = [p for p in pairs if p["kind"] != "benign"]
-    if not benign or not harmful:
-        return stratified(benign or harmful, n, STRATA)
+    if not benign:
+        return pick(harmful, n)
+    if not harmful:
+        return stratified(benign, n, STRATA)
     n_benign = min(len(benign), round(n * benign_share))
     n_harmful = min(len(harmful), n - n_benign)
     n_benign = min(len(benign), n - n_harmful)
     # stratified(rows, 0) would mean "all of them": a kind with no share takes none
-    return ((stratified(harmful, n_harmful, STRATA) if n_harmful else [])
+    if tactics == "length":
+        chosen_benign = stratified(benign, n_benign, STRATA) if n_benign else []
+        return length_matched(harmful, n_harmful, chosen_benign or benign) + chosen_benign
+    return ((pick(harmful, n_harmful) if n_harmful else [])
             + (stratified(benign, n_benign, STRATA) if n_benign else []))
 
 
@@ -233,7 +272,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
         refusals = needless_refusals()
         records = [r if r.get("needless_refusal") or r["id"] not in refusals
                    else {**r, "needless_refusal": refusals[r["id"]]} for r in records]
-        items = balanced(pair_candidates(records, candidates), limit, prof.benign_pair_share)
+        items = balanced(pair_candidates(records, candidates), limit, prof.benign_pair_share,
+                         prof.pair_tactics)
     elif candidates == "samples":
         items = load_prompts(prompts, limit or None)
         source = "judge"  # two samples have no rule

@@ -123,17 +123,39 @@ def test_the_cpu_pair_mix_covers_every_red_teaming_tactic_of_the_shipped_data():
     """The harmful pairs were once all direct requests (stratified by category alone, in file
     order), so DPO never saw a reframed, persistent or multi-turn one and unlearnt exactly
     those refusals."""
-    from cai_utils.course_critic import select_course_records
+    from cai_utils.course_critic import needless_refusals, select_course_records
     from cai_utils.pipeline import stage1_items
     from cai_utils.profiles import get_profile
 
     prof = get_profile("cpu")
-    records = select_course_records(GENERAL, stage1_items(prof))
+    refusals = needless_refusals()  # as run_label does: the benign pairs' rejected answers
+    records = [{**r, "needless_refusal": refusals[r["id"]]} if r["id"] in refusals else r
+               for r in select_course_records(GENERAL, stage1_items(prof))]
     pairs = balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share)
     harmful = [p for p in pairs if p["kind"] == "harmful"]
+    assert len(harmful) == round(prof.n_pairs * (1 - prof.benign_pair_share))
     tactics = {r["tactic"] for r in records if r["set"] == "red_team"}
     assert len(tactics) >= 4 and {p["tactic"] for p in harmful} == tactics
     assert {p["category"] for p in harmful} == {r["category"] for r in records if r["set"] == "red_team"}
+    # equal shares per tactic (the profile's), or in proportion to the candidates' tactics
+    candidates = [p for p in pair_candidates(records, "mix") if p["kind"] == "harmful"]
+    shared = [p for p in balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share,
+                                  "proportional") if p["kind"] == "harmful"]
+    for tactic in tactics:
+        expected = len(shared) * sum(p["tactic"] == tactic for p in candidates) / len(candidates)
+        assert abs(sum(p["tactic"] == tactic for p in shared) - expected) <= 1, tactic
+    assert [p["tactic"] for p in harmful].count("direct") < [p["tactic"] for p in shared].count("direct")
+    # "length": harmful prompts as short as the benign ones (the equal mix's are over twice as long)
+    from statistics import median
+
+    from cai_utils.preferences import prompt_chars
+
+    for mode, ratio in (("length", (0.8, 1.25)), ("equal", (2.0, 10.0))):
+        mixed = balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share, mode)
+        lengths = {kind: median(prompt_chars(p) for p in mixed if p["kind"] == kind) for kind in ("harmful", "benign")}
+        assert ratio[0] <= lengths["harmful"] / lengths["benign"] <= ratio[1], (mode, lengths)
+    with pytest.raises(ValueError, match="tactics"):
+        balanced(candidates, 4, tactics="uniform")
 
 
 def test_benign_pairs_are_judged_on_helpfulness_principles_and_harmful_ones_on_their_category():
