@@ -76,6 +76,7 @@ def pair_candidates(records: list[dict], mode: str) -> list[dict]:
 
 
 STRATA = ("category", "tactic")  # how pairs are sampled: every category and tactic in turn
+PAIR_TACTICS = ("equal", "proportional", "length")  # how harmful pairs are drawn (``balanced``)
 
 
 def prompt_chars(pair: dict) -> int:
@@ -124,8 +125,8 @@ def balanced(pairs: list[dict], n: int | None, benign_share: float = 0.5,
     """
     from .evaluation import proportional, stratified
 
-    if tactics not in ("equal", "proportional", "length"):
-        raise ValueError(f"tactics must be 'equal', 'proportional' or 'length', not {tactics!r}")
+    if tactics not in PAIR_TACTICS:
+        raise ValueError(f"tactics must be one of {', '.join(PAIR_TACTICS)}, not {tactics!r}")
     if not n:
         return pairs
     if not 0 <= benign_share <= 1:

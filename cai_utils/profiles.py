@@ -69,7 +69,7 @@ class Profile:
     # how the harmful pairs are sampled (preferences.balanced): "equal" shares of every
     # red-teaming tactic, shares "proportional" to the training prompts' tactics, or "length":
     # prompt lengths that follow the benign pairs'
-    pair_tactics: str = "equal"
+    pair_tactics: str = "equal"  # one of preferences.PAIR_TACTICS
     judge_mode: str = "sampled"  # "sampled": one principle per pair; "all": every principle
     tie_threshold: float = 0.0  # |p_chosen - 0.5| below this is a tie
     candidate_temperature: float = 1.0

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from cai_utils.preferences import PAIR_TACTICS
 from cai_utils.profiles import PROFILES, get_profile
 
 
@@ -31,7 +32,7 @@ def test_every_profile_is_complete(name):
             assert getattr(profile, field.name) is not None, field.name
     assert profile.candidate_mode in ("mix", "revision", "samples")
     assert profile.label_source in ("judge", "rule")
-    assert profile.pair_tactics in ("equal", "proportional", "length")  # preferences.balanced
+    assert profile.pair_tactics in PAIR_TACTICS
     assert profile.critic == "course" or profile.critic == "self" or "/" in profile.critic
     # DPO moves the policy far more per step than SFT: its learning rate is lower
     assert profile.dpo_learning_rate < profile.sft_learning_rate
