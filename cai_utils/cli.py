@@ -202,7 +202,8 @@ def cmd_improve(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import constitution as cons
-    from .report import evaluate, model_labels, summary_table, verdict_lines
+    from .report import evaluate, model_labels
+    from .report_text import summary_table, verdict_lines
 
     from .data import load_prompts
 

@@ -6,7 +6,8 @@ import pytest
 from cai_utils import evaluation as E
 from cai_utils import stats
 from cai_utils.charts import charts
-from cai_utils.report import build_report, markdown, model_labels, summary_table
+from cai_utils.report import build_report, model_labels
+from cai_utils.report_text import markdown, summary_table
 from cai_utils.data import DataError
 
 
@@ -219,3 +220,28 @@ def test_improve_scores_rounds_on_validation_prompts_never_the_test_sets(monkeyp
     test = set().union(*(text(prompts / f"{s}_test.jsonl") for s in ("red_team", "borderline", "helpful")))
     assert set(asked) == val and not set(asked) & test
     assert quality["split"] == "val" and quality["red_team_declined"] == 1.0 and quality["helpful_answered"] == 0.0
+
+
+def test_answer_sets_is_one_path_short_budget_for_refusal_only_sets_answers_in_item_order():
+    """`evaluate` and `refusal_quality` answer through `answer_sets`: one batch run per budget,
+    the refusal-only sets (borderline, HarmBench) with the short one, each answer back on its item."""
+    from cai_utils.generation import Completion
+    from cai_utils.profiles import get_profile
+
+    calls = []
+
+    class Echo:
+        def chat(self, conversations, params, keys=None, desc=""):
+            calls.append((len(conversations), params.max_new_tokens, desc))
+            return [Completion(c[-1]["content"], 1, True) for c in conversations]
+
+    sets = {name: [{"id": f"{name}{k}", "messages": [{"role": "user", "content": f"{name} {k}"}]}
+                   for k in range(n)] for name, n in (("red_team", 3), ("borderline", 2), ("helpful", 1),
+                                                      ("harmbench", 2))}
+    prof = get_profile("cpu")
+    settings = E.generation_settings(prof)
+    outs = E.answer_sets(Echo(), sets, settings, "sft")
+    assert calls == [(4, prof.eval_max_new_tokens, "answers sft"),
+                     (4, min(E.REFUSAL_TOKENS, prof.eval_max_new_tokens), "answers sft (refusal only)")]
+    assert {name: [o.text for o in rows] for name, rows in outs.items()} == {
+        name: [i["messages"][0]["content"] for i in items] for name, items in sets.items()}
