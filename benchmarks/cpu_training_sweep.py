@@ -57,6 +57,44 @@ def by_length(items: list[dict], refused: list[bool], parts: int = 4) -> list[li
     return [[sum(r for _, r in ranked[a:b]), b - a] for a, b in zip(cuts, cuts[1:])]
 
 
+def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
+    """Stage-1 records for on-policy pair choices (tried on validation, not adopted; README):
+    ``errors``: only the prompts the SFT model gets wrong (answers a red-team prompt, refuses a
+    benign one) in its greedy first sentence; ``errors-harmful``: wrong red-team prompts, every
+    benign one; ``benign-long``: every red-team prompt, and benign pairs whose prompt lengths
+    follow the harmful ones' (the benign prompts are shorter). Returns the records' file."""
+    from cai_utils.course_critic import needless_refusals
+    from cai_utils.data import read_jsonl, write_jsonl_atomic
+    from cai_utils.generation import HFGenerator, SamplingParams
+    from cai_utils.models import load_for_inference
+    from cai_utils.preferences import length_matched, pair_candidates
+    from cai_utils.evaluation import REFUSAL_TOKENS
+
+    records = read_jsonl(sft_data)
+    if how == "benign-long":
+        refusals = needless_refusals()
+        candidates = pair_candidates([r if r.get("needless_refusal") or r["id"] not in refusals
+                                      else {**r, "needless_refusal": refusals[r["id"]]} for r in records], "mix")
+        benign = length_matched([c for c in candidates if c["kind"] == "benign"],
+                                round(prof.n_pairs * prof.benign_pair_share),
+                                [c for c in candidates if c["kind"] == "harmful"])
+        keep = {c["id"] for c in benign} | {r["id"] for r in records if r["set"] == "red_team"}
+    elif how in ("errors", "errors-harmful"):
+        cache = sft_data.parent / f"train-answers.{sft_folder.name}.jsonl"
+        if not cache.is_file():
+            model, tokenizer = load_for_inference(str(sft_folder), prof)
+            outs = HFGenerator(model, tokenizer, batch_size=prof.batch_size, progress=False).chat(
+                [r["prompt"] for r in records], SamplingParams(max_new_tokens=min(REFUSAL_TOKENS, prof.eval_max_new_tokens)))
+            write_jsonl_atomic(cache, [{"id": r["id"], "set": r["set"], "answer": o.text} for r, o in zip(records, outs)])
+        wrong = {a["id"] for a in read_jsonl(cache) if (a["set"] == "red_team") != is_refusal(a["answer"])}
+        keep = wrong | ({r["id"] for r in records if r["set"] != "red_team"} if how == "errors-harmful" else set())
+    else:
+        raise ValueError(f"select must be errors, errors-harmful or benign-long, not {how!r}")
+    path = sft_data.parent / f"sft-{how}.{sft_folder.name}.jsonl"
+    write_jsonl_atomic(path, [r for r in records if r["id"] in keep])
+    return path
+
+
 def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
     start = time.perf_counter()
     q = refusal_quality(str(folder), prof, split="val")
@@ -67,6 +105,7 @@ def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
            "red_team_by_tactic": q["red_team_by_tactic"],
            "red_team_by_length": by_length(red, [is_refusal(a) for a in q["answers"]["red_team"]]),
            "eval_seconds": round(time.perf_counter() - start, 1),
+           "answer_path": "answer_sets",  # rows before 2026-12-04: every set in one batch run, 48 tokens
            "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline]}
     with log.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
@@ -84,7 +123,8 @@ def main() -> None:
                          "[,sched=constant_with_warmup,warmup=0.05]")
     ap.add_argument("--dpo", nargs="*", default=[],
                     help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE,tactics=proportional|equal]"
-                         "[,init=K: from the K-th --sft model, default the first]")
+                         "[,init=K: from the K-th --sft model, default the first]"
+                         "[,select=errors|errors-harmful|benign-long: see select_records]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
     ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
                     help="training prompts per set for stage 1 (all: the whole file); default the profile's")
@@ -120,21 +160,26 @@ def main() -> None:
         # the pair mix: how many pairs, and the share on benign prompts (answer over refusal)
         n_pairs, mix = int(spec.get("pairs", prof.n_pairs)), spec.get("mix", prof.benign_pair_share)
         tactics = spec.get("tactics", prof.pair_tactics)  # harmful pairs per tactic: proportional or equal
+        init = sft_folders[int(spec.get("init", 0))]
         prefs = out / ("prefs.jsonl" if (n_pairs, mix, tactics) == (prof.n_pairs, prof.benign_pair_share,
                                                                     prof.pair_tactics)
                        else f"prefs-{n_pairs}-{mix:g}-{tactics}.jsonl")
+        records = sft_data
+        if "select" in spec:  # pairs chosen with the SFT model's help (on-policy)
+            records = select_records(sft_data, init, spec["select"], prof)
+            prefs = out / f"prefs-{spec['select']}.{init.name}.jsonl"
         if not prefs.is_file():
-            print(run_label(const, sft_data, prefs, profile=prof.replace(
+            print(run_label(const, records, prefs, profile=prof.replace(
                 n_pairs=n_pairs, benign_pair_share=mix, pair_tactics=tactics)))
-        folder = out / (sft_folders[int(spec.get("init", 0))].name + "." + name_of("dpo", spec))
+        folder = out / (init.name + "." + name_of("dpo", spec))
         p = lora(prof, spec).replace(dpo_learning_rate=spec["lr"], dpo_steps=int(spec["steps"]),
                          dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
                          dpo_loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
                          dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None)
         if not is_done(folder):
-            r = train_dpo(prefs, folder, init=sft_folders[int(spec.get("init", 0))], profile=p)
+            r = train_dpo(prefs, folder, init=init, profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
-        score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": sft_folders[int(spec.get("init", 0))].name,
+        score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": init.name,
                                                "pair_strata": list(STRATA), "pair_tactics": tactics,
                                                **{("nll" if k == "sft" else k): v for k, v in spec.items()}})
 
