@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError, writes_to, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_manifest
-from .models import display_name
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 
 NEEDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"),
@@ -182,18 +181,10 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
                 **config, "profile_settings": dataclasses.asdict(profile)}
     write_json_atomic(out / "train_config.json", settings)
     write_json_atomic(out / "training_log.json", trainer.state.log_history)
-    constitution = provenance["constitution"] or {}
-    card = [f"# {stage.upper()} adapter for {display_name(model_name)}", "",
-            f"Trained with `cai_utils` ({stage}, profile `{profile.name}`, "
-            f"{trainer.state.global_step} steps, {seconds}s).", "",
-            f"- constitution: {constitution.get('name')} {constitution.get('version')} "
-            f"(sha256 {constitution.get('hash')})",
-            f"- data: `{provenance['data']}` (sha256 {provenance['data_sha256'][:16]}...), "
-            f"manifest `{provenance['data_manifest']}`",
-            f"- started from: {init or 'the base model'}",
-            f"- trainable parameters: {trainable:,} of {total:,}",
-            *[f"- {k}: {v}" for k, v in (metrics or {}).items()]]
-    (out / "README.md").write_text("\n".join(card) + "\n", encoding="utf-8")
+    from .model_card import model_card
+
+    model_card(stage, model_name, profile.name, trainer.state.global_step, seconds, provenance, init,
+               trainable, total, metrics).save(out / "README.md")
     result = TrainResult(stage, out, trainer.state.global_step, seconds, trainable, total,
                          trainer.state.log_history, metrics or {})
     write_manifest(out / "adapter.jsonl", complete=True, stage=stage, model=model_name,

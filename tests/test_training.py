@@ -74,7 +74,12 @@ def test_sft_two_steps_change_lora_and_reload(sft_adapter):
     out, result = sft_adapter
     assert result.steps == 2 and changed_weights(result)
     assert 0 < result.trainable_params < result.total_params / 20  # LoRA: a small fraction
-    assert (out / "README.md").read_text().startswith("# SFT adapter for SmolLM2-135M-Instruct")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the metadata the hub reads, then the account
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
+    assert "sft" in card.data.tags and card.text.lstrip().startswith("# SFT adapter for SmolLM2-135M-Instruct")
+    assert json.loads((out / "adapter.manifest.json").read_text())["data_sha256"][:16] in card.text
     assert json.loads((out / "train_config.json").read_text())["profile"] == "ci"
     assert any("loss" in e for e in json.loads((out / "training_log.json").read_text()))
     assert training.is_done(out)
