@@ -63,7 +63,7 @@ def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
     benign one) in its greedy first sentence; ``errors-harmful``: wrong red-team prompts, every
     benign one; ``benign-long``: every red-team prompt, and benign pairs whose prompt lengths
     follow the harmful ones' (the benign prompts are shorter). Returns the records' file."""
-    from cai_utils.course_critic import needless_refusals
+    from cai_utils.course_critic import with_needless_refusals
     from cai_utils.data import read_jsonl, write_jsonl_atomic
     from cai_utils.generation import HFGenerator, SamplingParams
     from cai_utils.models import load_for_inference
@@ -72,9 +72,7 @@ def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
 
     records = read_jsonl(sft_data)
     if how == "benign-long":
-        refusals = needless_refusals()
-        candidates = pair_candidates([r if r.get("needless_refusal") or r["id"] not in refusals
-                                      else {**r, "needless_refusal": refusals[r["id"]]} for r in records], "mix")
+        candidates = pair_candidates(with_needless_refusals(records), "mix")
         benign = length_matched([c for c in candidates if c["kind"] == "benign"],
                                 round(prof.n_pairs * prof.benign_pair_share),
                                 [c for c in candidates if c["kind"] == "harmful"])

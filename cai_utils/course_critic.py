@@ -32,6 +32,14 @@ def needless_refusals() -> dict[str, str]:
     return {r["id"]: r["needless_refusal"] for r in read_jsonl(path)} if path.is_file() else {}
 
 
+def with_needless_refusals(records: list[dict]) -> list[dict]:
+    """Stage-1 records with the shipped needless refusal attached to each helpful or borderline
+    one that has none (stage 2 pairs it, as the rejected side, against the record's answer)."""
+    refusals = needless_refusals()
+    return [r if r.get("needless_refusal") or r["id"] not in refusals
+            else {**r, "needless_refusal": refusals[r["id"]]} for r in records]
+
+
 def course_critic_path(constitution) -> Path:
     """Where the shipped stronger-critic records for a constitution live."""
     return project_root() / "data" / "sft" / f"{constitution.name}.course-critic.jsonl"

@@ -249,7 +249,7 @@ def run_label(constitution, prompts, out, model: str | None = None,
     from pathlib import Path
 
     from . import constitution as cons
-    from .course_critic import needless_refusals
+    from .course_critic import with_needless_refusals
     from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts,
                        read_jsonl, write_manifest)
     from .generation import HFGenerator, SamplingParams
@@ -270,10 +270,7 @@ def run_label(constitution, prompts, out, model: str | None = None,
         if not records:
             raise DataError(f"{prompts}: no stage-1 records (with 'initial_response'); "
                             "pass the critique output, or use --candidates samples")
-        refusals = needless_refusals()
-        records = [r if r.get("needless_refusal") or r["id"] not in refusals
-                   else {**r, "needless_refusal": refusals[r["id"]]} for r in records]
-        items = balanced(pair_candidates(records, candidates), limit, prof.benign_pair_share,
+        items = balanced(pair_candidates(with_needless_refusals(records), candidates), limit, prof.benign_pair_share,
                          prof.pair_tactics)
     elif candidates == "samples":
         items = load_prompts(prompts, limit or None)

@@ -123,14 +123,13 @@ def test_the_cpu_pair_mix_covers_every_red_teaming_tactic_of_the_shipped_data():
     """The harmful pairs were once all direct requests (stratified by category alone, in file
     order), so DPO never saw a reframed, persistent or multi-turn one and unlearnt exactly
     those refusals."""
-    from cai_utils.course_critic import needless_refusals, select_course_records
+    from cai_utils.course_critic import select_course_records, with_needless_refusals
     from cai_utils.pipeline import stage1_items
     from cai_utils.profiles import get_profile
 
     prof = get_profile("cpu")
-    refusals = needless_refusals()  # as run_label does: the benign pairs' rejected answers
-    records = [{**r, "needless_refusal": refusals[r["id"]]} if r["id"] in refusals else r
-               for r in select_course_records(GENERAL, stage1_items(prof))]
+    # as run_label does: the benign pairs' rejected answers
+    records = with_needless_refusals(select_course_records(GENERAL, stage1_items(prof)))
     pairs = balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share)
     harmful = [p for p in pairs if p["kind"] == "harmful"]
     assert len(harmful) == round(prof.n_pairs * (1 - prof.benign_pair_share))
