@@ -93,7 +93,7 @@ def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
     return path
 
 
-def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
+def score(label: str, folder: Path, prof, log: Path, extra: dict, note: str | None = None) -> dict:
     start = time.perf_counter()
     q = refusal_quality(str(folder), prof, split="val")
     red = held_out_sets(prof, split="val")["red_team"]
@@ -104,7 +104,8 @@ def score(label: str, folder: Path, prof, log: Path, extra: dict) -> dict:
            "red_team_by_length": by_length(red, [is_refusal(a) for a in q["answers"]["red_team"]]),
            "eval_seconds": round(time.perf_counter() - start, 1),
            "answer_path": "answer_sets",  # rows before 2026-12-04: every set in one batch run, 48 tokens
-           "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline]}
+           "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline],
+           **({"note": note} if note else {})}
     with log.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
     print(f"{label:40s} red {row['red_team_refused']:.0%}  borderline {row['borderline_refused']:.0%}  "
@@ -124,6 +125,7 @@ def main() -> None:
                          "[,init=K: from the K-th --sft model, default the first]"
                          "[,select=errors|errors-harmful|benign-long: see select_records]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
+    ap.add_argument("--note", default=None, help="recorded in every row this run writes (e.g. what data it trained on)")
     ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
                     help="training prompts per set for stage 1 (all: the whole file); default the profile's")
     args = ap.parse_args()
@@ -139,7 +141,7 @@ def main() -> None:
     if not sft_data.is_file():
         print(write_course_arm(const, stage1_items(prof), sft_data, prof.name))
     if args.base:
-        score("base", prof.policy_model, prof, log, {"stage": "base"})
+        score("base", prof.policy_model, prof, log, {"stage": "base"}, args.note)
     sft_folders = []
     for spec in map(parse, args.sft):
         folder = out / name_of("sft", spec)
@@ -153,7 +155,7 @@ def main() -> None:
         if not is_done(folder):  # a model trained earlier was scored then (see the log)
             r = train_sft(sft_data, folder, model=prof.policy_model, profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
-            score(folder.name, folder, prof, log, {"stage": "sft", **spec})
+            score(folder.name, folder, prof, log, {"stage": "sft", **spec}, args.note)
     for spec in map(parse, args.dpo):
         # the pair mix: how many pairs, and the share on benign prompts (answer over refusal)
         n_pairs, mix = int(spec.get("pairs", prof.n_pairs)), spec.get("mix", prof.benign_pair_share)
@@ -179,7 +181,8 @@ def main() -> None:
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
         score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": init.name,
                                                "pair_strata": list(STRATA), "pair_tactics": tactics,
-                                               **{("nll" if k == "sft" else k): v for k, v in spec.items()}})
+                                               **{("nll" if k == "sft" else k): v for k, v in spec.items()}},
+              args.note)
 
 
 if __name__ == "__main__":
