@@ -113,3 +113,48 @@ def test_has_a_map_cell_with_itself_in_bold_and_real_modules(path):
     missing = sorted(m for m in listed if not (ROOT / "cai_utils" / f"{m}.py").is_file())
     assert not missing, f"no such cai_utils module: {missing}"
     assert listed <= modules_used(path), "the map lists a module the notebook does not use"
+
+
+def markdown_cells(path):
+    return [(i, source(c)) for i, c in enumerate(cells(path)) if c["cell_type"] == "markdown"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ends_with_further_reading_that_cites_bai_et_al(path):
+    reading = [text for _, text in markdown_cells(path) if text.startswith("## Further reading")]
+    assert reading, f"{path.name} has no markdown cell titled 'Further reading'"
+    assert re.search(r"Bai et al\.\W{0,4}2022", reading[0]), "Further reading should cite Bai et al. (2022)"
+
+
+# 01 sets two papers beside the course ("What the papers report"), the others one
+PAPER_VS_MEASURED = re.compile(r"## What the (paper reports|papers report) vs what you")
+
+
+@pytest.mark.parametrize("path", STAGE_NOTEBOOKS, ids=lambda p: p.name)
+def test_sets_the_paper_beside_what_you_measure(path):
+    assert any(PAPER_VS_MEASURED.match(text) for _, text in markdown_cells(path)), \
+        f"{path.name} has no 'What the paper reports vs what you measure' cell"
+
+
+CODE_BLOCK = re.compile(r"^[ \t]*(`{3,}|~{3,}).*?(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
+DOLLAR = re.compile(r"(?<!\\)\$")  # an escaped \$ is a literal dollar sign
+
+
+def maths_problems(text: str) -> list[str]:
+    """What is wrong with the $-delimited maths of one markdown cell, ignoring `code`."""
+    text = CODE_SPAN.sub("", CODE_BLOCK.sub("", text))
+    if text.count("$$") % 2:
+        return ["an unclosed $$"]
+    # a $ inside $$...$$ (e.g. \text{$n$-grams}) ends the display early in some renderers
+    problems = [f"a $ inside $$...$$: {block[:50]!r}"
+                for block in re.findall(r"\$\$(.*?)\$\$", text, re.S) if DOLLAR.search(block)]
+    if len(DOLLAR.findall(text.replace("$$", ""))) % 2:
+        problems.append("an odd number of single $")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_markdown_maths_is_balanced(path):
+    problems = {i: found for i, text in markdown_cells(path) if (found := maths_problems(text))}
+    assert not problems, f"{path.name}, markdown cell: problems {problems}"
