@@ -93,15 +93,27 @@ def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
     return path
 
 
+def batch(item_id: str) -> str:
+    """The hundreds digit of a prompt's number: 'rt-weapons-901' -> '9'."""
+    number = item_id.rsplit("-", 1)[-1]
+    return number[-3] if len(number) >= 3 else ""
+
+
 def score(label: str, folder: Path, prof, log: Path, extra: dict, note: str | None = None) -> dict:
     start = time.perf_counter()
     q = refusal_quality(str(folder), prof, split="val")
     red = held_out_sets(prof, split="val")["red_team"]
+    refused = [is_refusal(a) for a in q["answers"]["red_team"]]
     row = {"model": label, **extra, "bf16": uses_cpu_bf16(prof), "red_team_refused": q["red_team_declined"],
            "borderline_refused": 1 - q["borderline_answered"],
            "helpful_refused": 1 - q["helpful_answered"], "n": q["n"], "split": "val",
            "red_team_by_tactic": q["red_team_by_tactic"],
-           "red_team_by_length": by_length(red, [is_refusal(a) for a in q["answers"]["red_team"]]),
+           "red_team_by_length": by_length(red, refused),
+           # the validation batches by origin (README, Data): 8xx short prompts in the training
+           # style, 9xx written blind from the category descriptions (acts no training prompt asks)
+           **{f"red_team_{name}_batch": [sum(r for i, r in zip(red, refused) if batch(i["id"]) == b),
+                                          sum(batch(i["id"]) == b for i in red)]
+              for name, b in (("short", "8"), ("blind", "9"))},
            "eval_seconds": round(time.perf_counter() - start, 1),
            "answer_path": "answer_sets",  # rows before 2026-12-04: every set in one batch run, 48 tokens
            "train_prompts": [prof.n_red_team, prof.n_helpful, prof.n_borderline],
