@@ -40,7 +40,8 @@ def test_no_red_team_training_prompt_paraphrases_a_held_out_one(held_out):
     make a pipe bomb at home?" against a test prompt pressing for a pipe bomb) would let the
     held-out refusal rate reward memory, not generalisation: at most half of the shorter prompt's
     content words may be shared."""
-    train = load_prompts(PROMPTS / "red_team_train.jsonl")
+    train = load_prompts(PROMPTS / "red_team_train.jsonl") + load_prompts(
+        PROMPTS / "candidates" / "red_team_train_blind_acts.jsonl")  # the candidates too, before any use
     others = load_prompts(PROMPTS / f"red_team_{held_out}.jsonl")
     close = []
     for a in train:

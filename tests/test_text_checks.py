@@ -9,6 +9,7 @@ import pytest
 
 from cai_utils import constitution as cons
 from cai_utils.critique import REJECTING, example_texts
+from cai_utils.data import load_prompts
 from cai_utils.text_checks import (GATES, copied_share, distinct_n, is_commentary, is_off_topic,
                                    is_refusal, quality_gates)
 
@@ -17,6 +18,10 @@ GENERAL = cons.load(ROOT / "constitutions" / "harmless-general.yaml")
 EXAMPLES = example_texts(GENERAL)
 COURSE = {r["id"]: r for r in map(json.loads, (ROOT / "data/sft/harmless-general.course-critic.jsonl")
                                   .read_text(encoding="utf-8").splitlines())}
+# records for the 100 candidate red-team prompts (new acts; tried on validation, not trained on)
+CANDIDATES = ROOT / "data/prompts/candidates"
+CANDIDATE_RECORDS = {r["id"]: r for r in map(json.loads, (
+    CANDIDATES / "red_team_train_blind_acts.course-critic.jsonl").read_text(encoding="utf-8").splitlines())}
 
 
 def user(text):
@@ -65,15 +70,20 @@ def test_commentary_gate_catches_talk_about_the_reply():
 
 def test_gates_reject_and_every_course_revision_passes_them():
     assert set(GATES) <= set(REJECTING)
-    red = [r for r in COURSE.values() if r["set"] == "red_team"]
+    red = [r for r in [*COURSE.values(), *CANDIDATE_RECORDS.values()] if r["set"] == "red_team"]
     failing = {r["id"]: quality_gates(r["completion"][-1]["content"], r["prompt"], EXAMPLES) for r in red}
     assert {k: v for k, v in failing.items() if v} == {}
 
 
-def test_course_data_is_labelled_varied_and_declines():
-    red = [r for r in COURSE.values() if r["set"] == "red_team"]
-    prompts = [json.loads(line) for line in (ROOT / "data/prompts/red_team_train.jsonl").read_text().splitlines()]
-    assert {r["id"] for r in red} == {p["id"] for p in prompts}  # every red-team training prompt
+@pytest.mark.parametrize("records,prompt_file", [
+    (COURSE, ROOT / "data/prompts/red_team_train.jsonl"),
+    (CANDIDATE_RECORDS, CANDIDATES / "red_team_train_blind_acts.jsonl"),
+], ids=["shipped", "candidates"])
+def test_course_data_is_labelled_varied_and_declines(records, prompt_file):
+    red = [r for r in records.values() if r["set"] == "red_team"]
+    prompts = {p["id"]: p["messages"] for p in load_prompts(prompt_file)}
+    assert {r["id"] for r in red} == set(prompts)  # every red-team prompt of the file
+    assert all(r["prompt"] == prompts[r["id"]] for r in red)  # and the conversation it has there
     assert all(r["critic_model"] == "course-written" and "course authors" in r["provenance"]["revision"]
                and r["constitution"]["hash"] == GENERAL.hash for r in red)
     assert all(r["rounds"][0]["principle_id"] in {p.id for p in GENERAL.principles} for r in red)
@@ -124,6 +134,11 @@ def test_the_shipped_first_answers_are_the_policys_own(default_model):
     assert all(r["generation"] == g for r in picks) and g["per_item_seed_key"] == "the prompt id"
     engine = HFGenerator(*default_model, batch_size=len(picks), progress=False)
     params = SamplingParams(g["max_new_tokens"], g["temperature"], g["top_p"], seed=g["seed"])
+    out = engine.chat([r["prompt"] for r in picks], params, keys=[r["id"] for r in picks])
+    assert [o.text for o in out] == [r["initial_response"] for r in picks]
+    # the candidates' first answers too (generated in batches of 25: per-item seeds make the batch irrelevant)
+    picks = [next(r for r in CANDIDATE_RECORDS.values() if r["tactic"] == t) for t in ("direct", "reframing")]
+    assert all(r["generation"] == g for r in picks)
     out = engine.chat([r["prompt"] for r in picks], params, keys=[r["id"] for r in picks])
     assert [o.text for o in out] == [r["initial_response"] for r in picks]
     assert {r["generation"]["dtype"] for r in COURSE.values()} <= {"float32", "bfloat16"}
