@@ -93,6 +93,24 @@ def test_course_data_is_labelled_varied_and_declines(records, prompt_file):
     assert len(set(revisions)) == len(revisions)
 
 
+def test_candidate_benign_twins_are_labelled_answered_and_paired():
+    """The benign twins (a safe request on each candidate red-team prompt's object; tried on
+    validation, not trained on): the policy's own answer kept, a needless refusal written for the
+    course as the rejected side, and each twin names its harmful prompt."""
+    prompts = {p["id"]: p for p in load_prompts(CANDIDATES / "borderline_train_twins.jsonl")}
+    records = [json.loads(line) for line in (CANDIDATES / "borderline_train_twins.course-critic.jsonl")
+               .read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in records] == list(prompts) and len(records) == 100
+    assert {p["twin_of"] for p in prompts.values()} == set(CANDIDATE_RECORDS)  # one twin per candidate
+    assert all(r["prompt"] == prompts[r["id"]]["messages"] and r["set"] == "borderline" for r in records)
+    assert all(r["completion"][-1]["content"] == r["initial_response"] and not r["rounds"] for r in records)
+    assert all(r["critic_model"] == "course-written" and "course authors" in r["provenance"]["needless_refusal"]
+               and r["constitution"]["hash"] == GENERAL.hash for r in records)
+    assert all(is_refusal(r["needless_refusal"]) for r in records)
+    assert not any(is_refusal(r["completion"][-1]["content"]) for r in records)
+    assert distinct_n([r["needless_refusal"] for r in records], 2) > 0.6
+
+
 @pytest.mark.parametrize("text,expected", [
     ("The response should decline and point to a locksmith.", True),
     ("Here is how to center a div: use flexbox on the parent.", False),
@@ -138,6 +156,7 @@ def test_the_shipped_first_answers_are_the_policys_own(default_model):
     assert [o.text for o in out] == [r["initial_response"] for r in picks]
     # the candidates' first answers too (generated in batches of 25: per-item seeds make the batch irrelevant)
     picks = [next(r for r in CANDIDATE_RECORDS.values() if r["tactic"] == t) for t in ("direct", "reframing")]
+    picks.append(json.loads((CANDIDATES / "borderline_train_twins.course-critic.jsonl").open().readline()))
     assert all(r["generation"] == g for r in picks)
     out = engine.chat([r["prompt"] for r in picks], params, keys=[r["id"] for r in picks])
     assert [o.text for o in out] == [r["initial_response"] for r in picks]
