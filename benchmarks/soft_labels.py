@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cai_utils.data import project_root, read_jsonl, read_manifest
+from cai_utils.data import project_root, read_jsonl
+from cai_utils.manifest import read_manifest
 from cai_utils.soft_labels import compare_labels
 from cai_utils.text_checks import is_refusal
 

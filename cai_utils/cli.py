@@ -20,7 +20,7 @@ def _err(message: str) -> int:
 
 
 def cmd_info(args) -> int:
-    from .data import package_versions
+    from .manifest import package_versions
     from .models import cache_dir, load_model, pick_device
     from .profiles import get_profile, inference_dtype, uses_cpu_bf16
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .data import DataError, file_sha256, project_root, read_jsonl, write_jsonl_atomic, write_manifest
+from .data import DataError, file_sha256, project_root, read_jsonl, write_jsonl_atomic
+from .manifest import write_manifest
 
 COURSE_CRITIC = "course-written"  # the critic_model recorded in stage-1 records of this arm
 

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from . import prompts as P
 from .constitution import Constitution
-from .data import (DataError, writes_to, JsonlAppender, check_resume, file_sha256, load_prompts, read_jsonl,
-                   write_manifest)
+from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl
+from .locks import writes_to
+from .manifest import check_resume, write_manifest
 from .stats import proportion_ci
 from .generation import Generator, SamplingParams
 from .text_checks import GATES, is_refusal, quality_gates

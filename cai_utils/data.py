@@ -1,4 +1,5 @@
-"""JSONL records, resumable writing, manifests and prompt files.
+"""JSONL records, resumable and atomic writing, and prompt files (manifests: ``manifest.py``;
+one writer per output: ``locks.py``).
 
 Records on disk are one JSON object per line. Writers append whole lines and flush and fsync
 per batch, so a run killed at any moment loses at most the batch in flight; a partial last line
@@ -10,13 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -150,80 +147,6 @@ class JsonlAppender:
         self.close()
 
 
-def lock_path(target: str | Path) -> Path:
-    """The lock file of an output: ``runs/x/sft.jsonl`` -> ``runs/x/sft.jsonl.lock``, a model
-    folder ``runs/x/sft`` -> ``runs/x/sft.lock``."""
-    target = Path(target)
-    return target.with_name(target.name + ".lock")
-
-
-@contextmanager
-def exclusive(target: str | Path):
-    """Hold an output (a JSONL file or a model folder) for one writer at a time.
-
-    The lock is ``lock_path(target)``, holding the writer's pid under an exclusive ``flock``,
-    which the system drops when the process dies: a lock file left by a killed run is taken
-    over, while a second live writer gets a one-line DataError (never interleaved lines).
-
-    >>> import tempfile, pathlib
-    >>> out = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
-    >>> with exclusive(out):
-    ...     with exclusive(out): pass
-    Traceback (most recent call last):
-    ...
-    cai_utils.data.DataError: ...x.jsonl: another process (pid ...) is writing it right now; wait for it to finish or stop it, then rerun
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): one writer is the user's to ensure
-        yield None
-        return
-    lock = lock_path(target)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise DataError(f"{target}: another process (pid {holder}) is writing it right now; "
-                            "wait for it to finish or stop it, then rerun") from None
-        try:  # the file we locked may have been removed by a writer finishing meanwhile
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    try:
-        yield lock
-    finally:
-        try:
-            os.unlink(lock)
-        finally:
-            os.close(fd)
-
-
-def writes_to(parameter: str = "out"):
-    """Decorate a function that writes the output named by ``parameter``: it runs under
-    ``exclusive`` on that output."""
-    import functools
-    import inspect
-
-    def decorate(fn):
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with exclusive(signature.bind(*args, **kwargs).arguments[parameter]):
-                return fn(*args, **kwargs)
-        return wrapper
-    return decorate
-
-
 def _publish(tmp: str, path: Path) -> None:
     """Rename a finished temporary file into place with the usual permissions (mkstemp
     creates files only their owner can read)."""
@@ -255,58 +178,6 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> Path:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     _publish(tmp, path)
     return path
-
-
-def manifest_path(data_path: str | Path) -> Path:
-    """``runs/x/sft.jsonl`` -> ``runs/x/sft.manifest.json``."""
-    data_path = Path(data_path)
-    return data_path.with_name(data_path.stem + ".manifest.json")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages the pipeline depends on (missing ones are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ["torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
-             "gguf", "lm_eval", "cai_utils"]
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def write_manifest(data_path: str | Path, **fields) -> Path:
-    """Write the manifest beside a data file: the fields given plus time and versions."""
-    manifest = {
-        "file": Path(data_path).name,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        "versions": package_versions(),
-        **fields,
-    }
-    return write_json_atomic(manifest_path(data_path), manifest)
-
-
-def read_manifest(data_path: str | Path) -> dict | None:
-    path = manifest_path(data_path)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def check_resume(out: Path, provenance: dict) -> None:
-    """Refuse to append to a file whose manifest records other provenance (constitution,
-    models, settings): one line saying which, and what to do."""
-    manifest = read_manifest(out)
-    if not Path(out).exists() or manifest is None:
-        return
-    for key, value in provenance.items():
-        if manifest.get(key) != value:
-            raise DataError(f"{out}: was made with a different {key} "
-                            f"({manifest.get(key)!r}); use a new --out or delete the file")
 
 
 def _check_messages(messages, where: str) -> None:

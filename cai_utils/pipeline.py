@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import DataError, writes_to, project_root, read_jsonl, read_manifest, write_json_atomic, write_jsonl_atomic
+from .data import DataError, project_root, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .locks import writes_to
+from .manifest import read_manifest
 from .profiles import Profile, get_profile
 from .workspace import DEFAULT_CONSTITUTION
 

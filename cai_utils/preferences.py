@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .constitution import Constitution, Principle
 from .text_checks import is_refusal
-from .data import writes_to
+from .locks import writes_to
 from .judge import LogProbJudge, Verdict, judge_pairs
 
 
@@ -250,8 +250,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
 
     from . import constitution as cons
     from .course_critic import with_needless_refusals
-    from .data import (DataError, JsonlAppender, check_resume, file_sha256, load_prompts,
-                       read_jsonl, write_manifest)
+    from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl
+    from .manifest import check_resume, write_manifest
     from .generation import HFGenerator, SamplingParams
     from .models import load_for_inference
     from .profiles import get_profile

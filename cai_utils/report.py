@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .capability import alignment_tax, capability_scores
 from .charts import charts
-from .data import (DataError, writes_to, content_id, file_sha256, read_jsonl, read_manifest, write_json_atomic,
-                   write_jsonl_atomic, write_manifest)
+from .data import DataError, content_id, file_sha256, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .locks import writes_to
+from .manifest import read_manifest, write_manifest
 from .evaluation import (HARM_CATEGORIES, HarmRater, answer_sets, generation_settings, harm_metrics,
                          held_out_sets, win_rates)
 from .text_checks import is_refusal

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .data import DataError, writes_to
+from .data import DataError
+from .locks import writes_to
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 from .training import (TrainResult, adapter_base, base_model, finish, is_current, is_done, load_records,
                        fp32_trainable, lora_config, steps_for, trainer_args, with_adapter)

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, writes_to, file_sha256, read_jsonl, read_manifest, write_json_atomic, write_manifest
+from .data import DataError, file_sha256, read_jsonl, write_json_atomic
+from .locks import writes_to
+from .manifest import read_manifest, write_manifest
 from .profiles import DEFAULT_MODEL, Profile, get_profile
 
 NEEDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"),

@@ -127,7 +127,8 @@ def test_appender_repairs_a_partial_last_line_and_resumes(tmp_path):
 
 _HOLDER = """
 import sys
-from cai_utils.data import JsonlAppender, exclusive
+from cai_utils.data import JsonlAppender
+from cai_utils.locks import exclusive
 out = sys.argv[1]
 with exclusive(out):
     with JsonlAppender(out) as writer:
@@ -173,7 +174,7 @@ def test_a_second_writer_of_the_same_file_is_refused_with_one_line_and_ids_stay_
 
 
 def test_a_lock_left_by_a_killed_writer_is_taken_over(tmp_path):
-    from cai_utils.data import exclusive, lock_path
+    from cai_utils.locks import exclusive, lock_path
 
     out = tmp_path / "sft"
     holder = _hold(out)

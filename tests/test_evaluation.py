@@ -169,7 +169,8 @@ def test_cached_answers_are_reused_only_for_the_same_model_chain_and_generation_
     import dataclasses
 
     from cai_utils import report
-    from cai_utils.data import write_jsonl_atomic, write_manifest
+    from cai_utils.data import write_jsonl_atomic
+    from cai_utils.manifest import write_manifest
     from cai_utils.profiles import get_profile
 
     sft, ppo = tmp_path / "sft", tmp_path / "ppo"

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from cai_utils.data import DataError, read_manifest
+from cai_utils.data import DataError
+from cai_utils.manifest import read_manifest
 from cai_utils.pipeline import ablate, run_pipeline, stage_table
 from cai_utils.profiles import get_profile
 

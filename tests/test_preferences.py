@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from cai_utils import constitution as cons
-from cai_utils.data import read_jsonl, read_manifest
+from cai_utils.data import read_jsonl
+from cai_utils.manifest import read_manifest
 from cai_utils.judge import LogProbJudge, agreement, judge_pairs, load_calibration
 from cai_utils.preferences import (balanced, label_stats, pair_candidates, preference_record,
                                    principles_for)
