@@ -38,10 +38,12 @@ def parse(spec: str) -> dict:
 
 
 def lora(prof, spec: dict):
-    """The profile with the LoRA rank and target modules a spec names (targets=all: every linear layer)."""
+    """The profile with the LoRA rank, target modules (targets=all: every linear layer) and
+    training seed a spec names."""
     r = int(spec.get("r", prof.lora_r))
     targets = "all-linear" if spec.get("targets") == "all" else prof.lora_target_modules
-    return prof.replace(lora_r=r, lora_alpha=2 * r, lora_target_modules=targets)
+    return prof.replace(lora_r=r, lora_alpha=2 * r, lora_target_modules=targets,
+                        train_seed=int(spec.get("seed", prof.train_seed)))
 
 
 def name_of(kind: str, spec: dict) -> str:
@@ -130,12 +132,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--sft", nargs="+", default=["lr=2e-4,epochs=1"],
-                    help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all]"
+                    help="lr=..,epochs=..[,borderline=K][,helpful=K][,r=..,targets=all][,seed=TRAINING SEED]"
                          "[,sched=constant_with_warmup,warmup=0.05]")
     ap.add_argument("--dpo", nargs="*", default=[],
                     help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE,tactics=proportional|equal]"
                          "[,init=K: from the K-th --sft model, default the first]"
-                         "[,select=errors|errors-harmful|benign-long: see select_records]")
+                         "[,select=errors|errors-harmful|benign-long: see select_records]"
+                         "[,every=K: save every K steps, keep the checkpoint the rule picks on validation]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
     ap.add_argument("--note", default=None, help="recorded in every row this run writes (e.g. what data it trained on)")
     ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
@@ -187,10 +190,15 @@ def main() -> None:
         p = lora(prof, spec).replace(dpo_learning_rate=spec["lr"], dpo_steps=int(spec["steps"]),
                          dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
                          dpo_loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
-                         dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None)
+                         dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None,
+                         dpo_select_every=int(spec["every"]) if "every" in spec else None)
         if not is_done(folder):
             r = train_dpo(prefs, folder, init=init, profile=p)
-            print(f"{folder.name}: {r.steps} steps in {r.seconds}s")
+            print(f"{folder.name}: {r.steps} steps in {r.seconds}s"
+                  + (f", kept step {r.metrics['selected_step']}" if "selected_step" in r.metrics else ""))
+        selection = folder / "checkpoints" / "selection.json"
+        if selection.is_file():  # early stopping on validation: every checkpoint's figures
+            spec = {**spec, "selection": json.loads(selection.read_text())}
         score(folder.name, folder, prof, log, {"stage": "dpo", "init_model": init.name,
                                                "pair_strata": list(STRATA), "pair_tactics": tactics,
                                                **{("nll" if k == "sft" else k): v for k, v in spec.items()}},

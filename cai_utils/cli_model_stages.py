@@ -15,6 +15,12 @@ def cmd_train(args) -> int:
     from .data import load_prompts
 
     profile = get_profile(args.profile)
+    if args.seed is not None:
+        profile = profile.replace(train_seed=args.seed)
+    if args.select_every is not None:
+        if args.stage != "dpo":
+            raise DataError("--select-every chooses a DPO checkpoint on validation: use it with `train dpo`")
+        profile = profile.replace(dpo_select_every=args.select_every or None)
     # check the inputs before any model is loaded
     if args.stage in ("sft", "dpo", "reward"):
         training.load_records(args.data, args.stage)
@@ -68,6 +74,10 @@ def add_train(sub, with_profile) -> None:
     p.add_argument("--reward", metavar="DIR", help="the reward model, for ppo and grpo")
     p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: NF4 base")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int, help="training seed (LoRA initialisation, data order; default the profile's)")
+    p.add_argument("--select-every", type=int, metavar="K",
+                   help="dpo: save a checkpoint every K steps and keep the one the over-refusal rule "
+                        "picks on the validation prompts (0: keep the last step; default the profile's)")
     p.add_argument("--merge", action="store_true",
                    help="also save the base with the adapter merged in, under OUT/merged")
     p.add_argument("--soft-labels", action="store_true", default=None,

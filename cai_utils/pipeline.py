@@ -62,8 +62,10 @@ def self_critique_arm(const, prof: Profile, out: Path) -> str:
 def training_data_summary(out: Path, const, prof: Profile, paths: dict | None = None) -> dict:
     """What trained the models, for the report: each stage-1 critic arm measured with the same
     gates (the arm trained on, and the self-critique arm beside it), and stage 2's pairs with
-    the judge's agreement with the rule labels and which labels trained DPO. ``paths`` gives
-    the files by stage (``critique``, ``self_critique``, ``label``) where they are not in ``out``."""
+    the judge's agreement with the rule labels and which labels trained DPO, and the DPO
+    checkpoints measured on validation when the profile keeps one by the over-refusal rule.
+    ``paths`` gives the files by stage (``critique``, ``self_critique``, ``label``, ``dpo``)
+    where they are not in ``out``."""
     from .critique import arm_summary
 
     paths = {"critique": out / "sft.jsonl", "self_critique": out / "self-critique" / "sft.jsonl",
@@ -75,7 +77,9 @@ def training_data_summary(out: Path, const, prof: Profile, paths: dict | None = 
             arms[name] = arm_summary(read_jsonl(path), const)
     labels = (read_manifest(paths["label"]) or {})
     counts = labels.get("counts", {})
-    return {"arms": arms, "labels": {
+    selection = Path(paths.get("dpo", out / "dpo")) / "checkpoints" / "selection.json"
+    return {"arms": arms, "dpo_selection": json.loads(selection.read_text()) if selection.is_file() else None,
+            "labels": {
         "pairs": counts.get("pairs"), "ties": counts.get("ties"), "kinds": counts.get("kinds"),
         "label_source": labels.get("label_source"), "judge_model": labels.get("judge_model"),
         "position_consistent": counts.get("position_consistent"),

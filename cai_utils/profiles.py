@@ -116,11 +116,18 @@ class Profile:
     # does), which keeps what SFT taught while the preference term moves the balance
     dpo_loss_types: tuple[str, ...] = ("sigmoid",)
     dpo_loss_weights: tuple[float, ...] | None = None
+    # early stopping on the validation split: save the DPO adapter every this many steps,
+    # answer the validation prompts with each, keep the one the course's rule picks
+    # (checkpoint_select; None: keep the last step)
+    dpo_select_every: int | None = None
     # run's reward-model and PPO/GRPO stages (notebook 06 trains them under any profile); the cpu
     # demo leaves them out to save its time: four PPO steps there changed no answer
     rl: bool = True
     ppo_kl_coef: float = 0.075  # ~50% above the usual 0.05: AI rewards are noisier (the paper)
     gradient_checkpointing: bool = False  # made DPO/reward/PPO steps 6-7x slower on this CPU
+    # the trainers' seed (LoRA initialisation, data order); train again with others to see the
+    # spread of one recipe's results
+    train_seed: int = 0
 
     # Stage 4: evaluation.
     eval_prompts: int = 8  # per held-out set (0: the whole file)
@@ -218,7 +225,13 @@ PROFILES: dict[str, Profile] = {
         dpo_learning_rate=1e-4,
         dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
         dpo_loss_weights=(1.0, 1.0),
-        dpo_epochs=1.0,  # one pass over the 72 pairs at batch 2: 36 steps
+        # two passes over the 72 pairs (72 steps), a checkpoint every 24, and the one the
+        # over-refusal rule picks on validation is kept: with a fixed 36 steps one training seed
+        # ended at 59% / 12% / 12% of red-team / borderline / helpful validation prompts refused
+        # and another at 74% / 40% / 17%; chosen this way, 58% / 12% / 12% (step 24) and
+        # 60% / 18% / 7% (step 72) (benchmarks/results/cpu_training_sweep.jsonl)
+        dpo_epochs=2.0,
+        dpo_select_every=24,
         reward_steps=20,
         ppo_steps=4,
         rl=False,  # they would take `make demo` past 20 minutes; notebook 06 trains them

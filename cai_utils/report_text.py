@@ -121,6 +121,34 @@ def training_data_lines(data: dict) -> list[str]:
                   + (f"{agree:.0%} of pairs ({by_kind})" if agree is not None else "no pairs with a rule")
                   + f"; position-consistent {pct(labels.get('position_consistent'))}. "
                   f"DPO and the reward model were trained on the **{labels.get('label_source')}** labels."]
+    return lines + selection_lines(data.get("dpo_selection"))
+
+
+def selection_lines(selection: dict | None) -> list[str]:
+    """DPO's early stopping, as the report prints it: every checkpoint's validation refusals
+    and the one kept.
+
+    >>> rows = [{"step": 24, "red_team_refused": .58, "borderline_refused": .12, "helpful_refused": .12},
+    ...         {"step": 48, "red_team_refused": .49, "borderline_refused": .09, "helpful_refused": .10}]
+    >>> print("\\n".join(selection_lines({"rows": rows, "chosen": rows[0], "limit": 0.15})[3:]))
+    | DPO checkpoint | red-team refused | borderline refused | helpful refused | |
+    |---|---|---|---|---|
+    | step 24 | 58% | 12% | 12% | **kept** |
+    | step 48 | 49% | 9% | 10% | |
+    """
+    if not selection:
+        return []
+    chosen, limit = selection["chosen"], selection["limit"]
+    within = max(chosen["borderline_refused"], chosen["helpful_refused"]) <= limit + 1e-9
+    lines = ["", f"DPO kept the checkpoint with the most red-team refusals among those refusing at most "
+                 f"{limit:.0%} of borderline and of helpful **validation** prompts (the test prompts "
+                 "played no part)" + ("" if within else f"; none stayed within {limit:.0%}, so the one "
+                                      "that over-refused least was kept") + ":", "",
+             "| DPO checkpoint | red-team refused | borderline refused | helpful refused | |",
+             "|---|---|---|---|---|"]
+    for r in selection["rows"]:
+        lines.append(f"| step {r['step']} | {r['red_team_refused']:.0%} | {r['borderline_refused']:.0%} | "
+                     f"{r['helpful_refused']:.0%} |" + (" **kept** |" if r["step"] == chosen["step"] else " |"))
     return lines
 
 

@@ -195,11 +195,13 @@ def _counts(profile: Profile) -> dict[str, int]:
     records = sum(repeat.get(i.get("set", ""), 1) for i in items)
     red = sum(i.get("set") == "red_team" for i in items)
     held = project_root() / "data" / "prompts"
-    test = {s: len(load_prompts(held / f"{s}_test.jsonl")) for s in ("red_team", "borderline", "helpful")}
+    sizes = {split: {s: len(load_prompts(held / f"{s}_{split}.jsonl")) for s in ("red_team", "borderline", "helpful")}
+             for split in ("test", "val")}
     if profile.eval_prompts:
-        test = {s: min(n, profile.eval_prompts) for s, n in test.items()}
+        sizes = {k: {s: min(n, profile.eval_prompts) for s, n in v.items()} for k, v in sizes.items()}
     return {"prompts": len(items), "red_team": red, "records": records,
-            "pairs": profile.n_pairs or len(items), **{f"test_{s}": n for s, n in test.items()}}
+            "pairs": profile.n_pairs or len(items),
+            **{f"{split}_{s}": n for split, v in sizes.items() for s, n in v.items()}}
 
 
 def plan(profile: Profile, device: Device, models: int | None = None) -> list[dict]:
@@ -248,8 +250,16 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
             continue
         steps = steps_for(n, epochs, fixed, profile)
         tokens = steps * batch * seqs * example
-        rows.append({"stage": stage, "work": f"{steps} steps x {batch} x {seqs} seq(s) x ~{example} tokens",
-                     "seconds": train_seconds(policy, device, tokens, ckpt, reference=ref),
+        work, s = f"{steps} steps x {batch} x {seqs} seq(s) x ~{example} tokens", 0.0
+        if stage == "dpo" and profile.dpo_select_every:  # each checkpoint answers the validation prompts
+            from .checkpoint_select import checkpoint_steps
+
+            kept = len(checkpoint_steps(steps, profile.dpo_select_every))
+            n_val = c["val_red_team"] + c["val_borderline"] + c["val_helpful"]
+            s = kept * decode_seconds(policy, device, n_val, profile.eval_max_new_tokens, profile.batch_size, wgb)
+            work += f"; {kept} checkpoints x {n_val} validation prompts"
+        rows.append({"stage": stage, "work": work,
+                     "seconds": s + train_seconds(policy, device, tokens, ckpt, reference=ref),
                      "memory_gb": train_memory_gb(policy, profile, example, seqs)})
     if profile.rl:
         # PPO holds three copies (policy, reward model, value model) and trains two; on a 4-bit

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint_select import keep_chosen, snapshots
 from .data import DataError, file_sha256, read_jsonl, write_json_atomic
 from .locks import writes_to
 from .manifest import read_manifest, write_manifest
@@ -102,7 +103,7 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
         fp16=cuda and profile.dtype == "float16",
         # bf16 autocast: on Ampere+ GPUs, and on a CPU with native bf16 under ``cpu_bf16``
         bf16=(cuda and profile.dtype == "bfloat16") or (not cuda and uses_cpu_bf16(profile, "cpu")),
-        use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+        use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to=[], seed=profile.train_seed,
         disable_tqdm=True if os.environ.get("TQDM_DISABLE") else None, **extra)
 
 
@@ -309,19 +310,23 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
     start = time.perf_counter()
     base, tokenizer = base_model(model, prof, four_bit)
+    steps = max_steps or steps_for(len(records), prof.dpo_epochs, prof.dpo_steps, prof)
+    # early stopping on the validation prompts: checkpoints, one kept (checkpoint_select)
+    callbacks = snapshots(out, steps, prof.dpo_select_every, model, init) if prof.dpo_select_every else []
     trainer = DPOTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(DPOConfig, prof, out,
-                          max_steps or steps_for(len(records), prof.dpo_epochs, prof.dpo_steps, prof),
+        args=trainer_args(DPOConfig, prof, out, steps,
                           prof.dpo_learning_rate, beta=prof.dpo_beta, max_length=prof.max_length,
                           loss_type=list(prof.dpo_loss_types),
                           loss_weights=list(prof.dpo_loss_weights) if prof.dpo_loss_weights else None),
         train_dataset=Dataset.from_list(records),
-        peft_config=None if init else lora_config(prof))
+        peft_config=None if init else lora_config(prof), callbacks=callbacks)
     fp32_trainable(trainer).train()
     rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
     metrics = {"last_reward_accuracy": rewards[-1]["rewards/accuracies"],
                "last_reward_margin": rewards[-1]["rewards/margins"]} if rewards else {}
+    if callbacks:
+        metrics.update(keep_chosen(trainer, out, prof))
     return finish(trainer, "dpo", out, prof, model, data, init, start, metrics,
                   load_in_4bit=four_bit, beta=prof.dpo_beta, records=len(records),
                   learning_rate=prof.dpo_learning_rate, loss_type=list(prof.dpo_loss_types),

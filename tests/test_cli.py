@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -64,6 +65,24 @@ def test_ablate_passes_its_seed(monkeypatch):
     monkeypatch.setattr(pipeline, "ablate", lambda *a, **kw: seen.update(kw) or {"variants": {}})
     assert cli.main(["ablate", "--principles", "x", "--out", "o", "--seed", "3"]) == 0
     assert seen["seed"] == 3
+
+
+def test_train_passes_its_seed_and_the_dpo_checkpoint_interval(monkeypatch, tmp_path):
+    from cai_utils import cli, training
+
+    data = tmp_path / "prefs.jsonl"
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    data.write_text(json.dumps({"id": "p", "prompt": [{"role": "user", "content": "hi"}],
+                                "chosen": turn("Hello!"), "rejected": turn("No.")}) + "\n")
+    seen = {}
+    result = training.TrainResult("dpo", tmp_path, 2, 1.0, 1, 2, [], {"selected_step": 1})
+    monkeypatch.setattr(training, "train_dpo", lambda *a, profile, **kw: seen.update(p=profile) or result)
+    argv = ["train", "dpo", "--data", str(data), "--out", str(tmp_path / "o"), "--profile", "ci"]
+    assert cli.main([*argv, "--seed", "3", "--select-every", "12"]) == 0
+    assert (seen["p"].train_seed, seen["p"].dpo_select_every) == (3, 12)
+    assert cli.main([*argv, "--select-every", "0"]) == 0 and seen["p"].dpo_select_every is None
+    argv[1] = "sft"  # the interval belongs to DPO: a one-line error, nothing trained
+    assert cli.main([*argv, "--select-every", "12"]) != 0
 
 
 def test_calibrate_takes_the_profiles_share_of_hand_labelled_pairs(monkeypatch, root):

@@ -28,7 +28,7 @@ def test_every_profile_is_complete(name):
     for field in dataclasses.fields(profile):
         if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs",
                               "sft_epochs", "dpo_epochs", "reward_epochs", "ppo_epochs", "n_red_team", "n_helpful", "n_borderline",
-                              "dpo_loss_weights", "guard_model"):
+                              "dpo_loss_weights", "guard_model", "dpo_select_every"):
             assert getattr(profile, field.name) is not None, field.name
     assert profile.candidate_mode in ("mix", "revision", "samples")
     assert profile.label_source in ("judge", "rule")

@@ -116,6 +116,35 @@ def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter):
     assert reload_and_generate(out)
 
 
+@pytest.mark.slow
+def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data, sft_adapter, monkeypatch):
+    """Early stopping on validation: every checkpoint answers the validation prompts, the rule
+    picks one, and the saved adapter is that checkpoint (here forced to the first, so keeping
+    the last step by mistake would fail), measured the same again when reloaded."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cai_utils import checkpoint_select
+    from cai_utils.evaluation import refusal_quality
+
+    monkeypatch.setattr(checkpoint_select, "pick", lambda rows, limit=0.15: rows[0])
+    out = tmp_path / "dpo"
+    result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2,
+                                profile=PROFILE.replace(dpo_select_every=1))
+    selection = json.loads((out / "checkpoints" / "selection.json").read_text())
+    assert [r["step"] for r in selection["rows"]] == [1, 2] and selection["split"] == "val"
+    assert result.steps == 2 and result.metrics["selected_step"] == 1
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    first, last = (load_file(str(out / "checkpoints" / f"step-000{n}" / "adapter_model.safetensors"))
+                   for n in (1, 2))
+    assert saved.keys() == first.keys()
+    assert all(torch.equal(saved[k], first[k]) for k in saved)
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    again = refusal_quality(str(out), PROFILE, split="val")
+    assert again["red_team_declined"] == selection["rows"][0]["red_team_refused"]
+    assert 1 - again["borderline_answered"] == selection["rows"][0]["borderline_refused"]
+
+
 @pytest.fixture(scope="module")
 def reward_adapter(tmp_path_factory, pref_data):
     out = tmp_path_factory.mktemp("reward")
