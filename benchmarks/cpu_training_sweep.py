@@ -138,7 +138,8 @@ def main() -> None:
                     help="lr=..,steps=..[,beta=..][,sft=WEIGHT of an NLL term][,pairs=N,mix=BENIGN_SHARE,tactics=proportional|equal]"
                          "[,init=K: from the K-th --sft model, default the first]"
                          "[,select=errors|errors-harmful|benign-long: see select_records]"
-                         "[,every=K: save every K steps, keep the checkpoint the rule picks on validation]")
+                         "[,every=K: save every K steps, keep the checkpoint the rule picks on validation]"
+                         "[,stop=0: with every=K, train every step instead of stopping at the first checkpoint within the rule]")
     ap.add_argument("--base", action="store_true", help="also score the base model")
     ap.add_argument("--note", default=None, help="recorded in every row this run writes (e.g. what data it trained on)")
     ap.add_argument("--prompts", default=None, metavar="RED,HELPFUL,BORDERLINE",
@@ -191,7 +192,8 @@ def main() -> None:
                          dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
                          dpo_loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
                          dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None,
-                         dpo_select_every=int(spec["every"]) if "every" in spec else None)
+                         dpo_select_every=int(spec["every"]) if "every" in spec else None,
+                         dpo_stop_early=bool(spec.get("stop", 1)))
         if not is_done(folder):
             r = train_dpo(prefs, folder, init=init, profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s"

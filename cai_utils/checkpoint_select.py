@@ -7,7 +7,8 @@ that line a run stops depends on the run: with the ``cpu`` recipe one training s
 can ask DPO to save its adapter every few steps, answer the **validation** prompts with each
 (the same greedy path as the report, test sets untouched) and keep the checkpoint the course's
 rule picks: the most red-team refusals among checkpoints that refuse at most 15% of borderline
-and of helpful prompts; if none does, the one that over-refuses least.
+and of helpful prompts; if none does, the one that over-refuses least. By default training stops
+at the first checkpoint within the limit, since later ones refuse fewer red-team prompts.
 """
 
 from __future__ import annotations
@@ -54,10 +55,45 @@ def checkpoint_steps(max_steps: int, every: int) -> list[int]:
     return sorted({*range(every, max_steps + 1, every), max_steps})
 
 
-def snapshot_callback(folder: Path, steps: list[int], train_config: dict):
+def within(row: dict, limit: float = OVER_REFUSAL_LIMIT) -> bool:
+    """True when a checkpoint refuses at most ``limit`` of borderline and of helpful prompts.
+
+    >>> within({"borderline_refused": 0.12, "helpful_refused": 0.15}), within({"borderline_refused": 0.2, "helpful_refused": 0.0})
+    (True, False)
+    """
+    return max(row["borderline_refused"], row["helpful_refused"]) <= limit + 1e-9
+
+
+def measure(folder: Path, step: int, profile, limit: float = OVER_REFUSAL_LIMIT, progress: bool = True) -> dict:
+    """The validation refusals of checkpoint ``folder/step-NNNN``, recorded in
+    ``folder/selection.json`` (a row already there is reused)."""
+    from .data import write_json_atomic
+    from .evaluation import refusal_quality
+
+    record = folder / "selection.json"
+    done = {r["step"]: r for r in (json.loads(record.read_text())["rows"] if record.is_file() else [])}
+    if step not in done:
+        q = refusal_quality(str(folder / f"step-{step:04d}"), profile, split="val")
+        done[step] = {"step": step, "red_team_refused": q["red_team_declined"],
+                      "borderline_refused": 1 - q["borderline_answered"],
+                      "helpful_refused": 1 - q["helpful_answered"], "n": q["n"]}
+        write_json_atomic(record, {"rows": sorted(done.values(), key=lambda r: r["step"]),
+                                   "limit": limit, "split": "val"})
+        if progress:
+            r = done[step]
+            print(f"step {step}: validation refusals red-team {r['red_team_refused']:.0%}, "
+                  f"borderline {r['borderline_refused']:.0%}, helpful {r['helpful_refused']:.0%}",
+                  flush=True)
+    return done[step]
+
+
+def snapshot_callback(folder: Path, steps: list[int], train_config: dict, stop_with=None):
     """A transformers callback that saves the trained adapter at ``steps`` into
     ``folder/step-NNNN``, with the ``train_config.json`` that lets ``load_model`` put it on its
-    base like any adapter ``train`` writes."""
+    base like any adapter ``train`` writes. With ``stop_with`` (a profile), each checkpoint is
+    measured on validation as it is saved, and training stops at the first one ``within`` the
+    limit: DPO lowers red-team refusals as it goes (in the three traces measured they never rose by
+    more than 1 of 260 from one checkpoint to the next), so the rule would keep that one."""
     from transformers import TrainerCallback
 
     from .data import write_json_atomic
@@ -71,39 +107,22 @@ def snapshot_callback(folder: Path, steps: list[int], train_config: dict):
                 model.save_pretrained(str(target))
                 write_json_atomic(target / "train_config.json",
                                   {**train_config, "step": state.global_step})
+                if stop_with is not None and within(measure(folder, state.global_step, stop_with)):
+                    control.should_training_stop = True
             return control
 
     return Snapshots()
 
 
-def choose(folder: Path, profile, limit: float = OVER_REFUSAL_LIMIT, progress: bool = True) -> dict:
-    """Answer the validation prompts with every checkpoint under ``folder`` (``step-NNNN``),
-    write ``selection.json`` there, and return ``{"rows": [...], "chosen": row, "limit":
-    limit}``. Rows already in ``selection.json`` are reused, so a crash resumes."""
+def choose(folder: Path, profile, limit: float = OVER_REFUSAL_LIMIT) -> dict:
+    """Measure every checkpoint under ``folder`` (``step-NNNN``) on validation, write
+    ``selection.json`` there, and return ``{"rows": [...], "chosen": row, "limit": limit,
+    "split": "val"}``."""
     from .data import write_json_atomic
-    from .evaluation import refusal_quality
 
-    record = folder / "selection.json"
-    done = {r["step"]: r for r in (json.loads(record.read_text())["rows"] if record.is_file() else [])}
-    rows = []
-    for target in sorted(folder.glob("step-*")):
-        step = int(target.name.split("-")[1])
-        if step not in done:
-            q = refusal_quality(str(target), profile, split="val")
-            done[step] = {"step": step, "red_team_refused": q["red_team_declined"],
-                          "borderline_refused": 1 - q["borderline_answered"],
-                          "helpful_refused": 1 - q["helpful_answered"], "n": q["n"]}
-            write_json_atomic(record, {"rows": sorted(done.values(), key=lambda r: r["step"]),
-                                       "limit": limit, "split": "val"})
-            if progress:
-                r = done[step]
-                print(f"step {step}: validation refusals red-team {r['red_team_refused']:.0%}, "
-                      f"borderline {r['borderline_refused']:.0%}, helpful {r['helpful_refused']:.0%}",
-                      flush=True)
-        rows.append(done[step])
-    chosen = pick(rows, limit)
-    result = {"rows": rows, "chosen": chosen, "limit": limit, "split": "val"}
-    write_json_atomic(record, result)
+    rows = [measure(folder, int(t.name.split("-")[1]), profile, limit) for t in sorted(folder.glob("step-*"))]
+    result = {"rows": rows, "chosen": pick(rows, limit), "limit": limit, "split": "val"}
+    write_json_atomic(folder / "selection.json", result)
     return result
 
 
@@ -115,21 +134,29 @@ def restore(model, checkpoint: Path) -> None:
     set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
 
 
-def snapshots(out: Path, steps: int, every: int, model: str, init) -> list:
-    """The callbacks for a run of ``steps`` that saves a checkpoint every ``every`` steps into
-    ``out/checkpoints`` (``model`` and ``init``: what the adapter sits on)."""
+def snapshots(out: Path, steps: int, model: str, init, profile) -> list:
+    """The callbacks for a DPO run of ``steps`` that saves a checkpoint every
+    ``profile.dpo_select_every`` steps into ``out/checkpoints`` (emptied first: a rerun's
+    weights are not an earlier run's), stopping early under ``profile.dpo_stop_early``
+    (``model`` and ``init``: what the adapter sits on)."""
+    import shutil
+
     from .models import stored_path
 
     folder = out / "checkpoints"
+    if folder.exists():
+        shutil.rmtree(folder)
     at = folder / "step-0"  # every checkpoint folder sits at this depth
-    return [snapshot_callback(folder, checkpoint_steps(steps, every),
+    return [snapshot_callback(folder, checkpoint_steps(steps, profile.dpo_select_every),
                               {"stage": "dpo", "model": stored_path(model, at),
-                               "init": stored_path(str(init), at) if init else None})]
+                               "init": stored_path(str(init), at) if init else None},
+                              stop_with=profile if profile.dpo_stop_early else None)]
 
 
 def keep_chosen(trainer, out: Path, profile) -> dict:
-    """After training: measure every checkpoint on validation, load the one the rule picks into
-    the trainer's model (which ``finish`` then saves), and return the metrics to record."""
+    """After training: measure every checkpoint on validation (those measured while training
+    are read back), load the one the rule picks into the trainer's model (which ``finish`` then
+    saves), and return the metrics to record."""
     selection = choose(out / "checkpoints", profile)
     step = selection["chosen"]["step"]
     restore(trainer.model, out / "checkpoints" / f"step-{step:04d}")

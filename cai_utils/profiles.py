@@ -120,6 +120,9 @@ class Profile:
     # answer the validation prompts with each, keep the one the course's rule picks
     # (checkpoint_select; None: keep the last step)
     dpo_select_every: int | None = None
+    # ...and stop at the first checkpoint within the limit (later ones refused fewer red-team
+    # prompts in the traces measured); False: train every step, measure every checkpoint
+    dpo_stop_early: bool = True
     # run's reward-model and PPO/GRPO stages (notebook 06 trains them under any profile); the cpu
     # demo leaves them out to save its time: four PPO steps there changed no answer
     rl: bool = True
@@ -225,11 +228,12 @@ PROFILES: dict[str, Profile] = {
         dpo_learning_rate=1e-4,
         dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
         dpo_loss_weights=(1.0, 1.0),
-        # two passes over the 72 pairs (72 steps), a checkpoint every 24, and the one the
-        # over-refusal rule picks on validation is kept: with a fixed 36 steps one training seed
-        # ended at 59% / 12% / 12% of red-team / borderline / helpful validation prompts refused
-        # and another at 74% / 40% / 17%; chosen this way, 58% / 12% / 12% (step 24) and
-        # 60% / 18% / 7% (step 72) (benchmarks/results/cpu_training_sweep.jsonl)
+        # up to two passes over the 72 pairs (72 steps), a checkpoint every 24, stopping at the
+        # first the over-refusal rule accepts on validation (else the least over-refusing). With
+        # a fixed 36 steps one training seed ended at 59% / 12% / 12% of red-team / borderline /
+        # helpful validation prompts refused and another at 74% / 40% / 17%; chosen this way,
+        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72)
+        # (benchmarks/results/cpu_training_sweep.jsonl)
         dpo_epochs=2.0,
         dpo_select_every=24,
         reward_steps=20,

@@ -312,7 +312,7 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     base, tokenizer = base_model(model, prof, four_bit)
     steps = max_steps or steps_for(len(records), prof.dpo_epochs, prof.dpo_steps, prof)
     # early stopping on the validation prompts: checkpoints, one kept (checkpoint_select)
-    callbacks = snapshots(out, steps, prof.dpo_select_every, model, init) if prof.dpo_select_every else []
+    callbacks = snapshots(out, steps, model, init, prof) if prof.dpo_select_every else []
     trainer = DPOTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(DPOConfig, prof, out, steps,

@@ -130,7 +130,7 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
     monkeypatch.setattr(checkpoint_select, "pick", lambda rows, limit=0.15: rows[0])
     out = tmp_path / "dpo"
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2,
-                                profile=PROFILE.replace(dpo_select_every=1))
+                                profile=PROFILE.replace(dpo_select_every=1, dpo_stop_early=False))
     selection = json.loads((out / "checkpoints" / "selection.json").read_text())
     assert [r["step"] for r in selection["rows"]] == [1, 2] and selection["split"] == "val"
     assert result.steps == 2 and result.metrics["selected_step"] == 1
@@ -143,6 +143,28 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
     again = refusal_quality(str(out), PROFILE, split="val")
     assert again["red_team_declined"] == selection["rows"][0]["red_team_refused"]
     assert 1 - again["borderline_answered"] == selection["rows"][0]["borderline_refused"]
+
+
+@pytest.mark.slow
+def test_dpo_stops_at_the_first_checkpoint_within_the_rule(tmp_path, pref_data, sft_adapter, monkeypatch):
+    """Early stopping proper: the first checkpoint measured within the limit (forced here) ends
+    training there, and that checkpoint is the adapter saved; a stale checkpoint left by an
+    earlier run is cleared first."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cai_utils import checkpoint_select
+
+    monkeypatch.setattr(checkpoint_select, "within", lambda row, limit=0.15: True)
+    out = tmp_path / "dpo"
+    (out / "checkpoints" / "step-0002").mkdir(parents=True)  # left over from a crashed run
+    result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=3,
+                                profile=PROFILE.replace(dpo_select_every=1))
+    assert result.steps == 1 and result.metrics["selected_step"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0001"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    first = load_file(str(out / "checkpoints" / "step-0001" / "adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], first[k]) for k in saved)
 
 
 @pytest.fixture(scope="module")
