@@ -92,8 +92,9 @@ def snapshot_callback(folder: Path, steps: list[int], train_config: dict, stop_w
     ``folder/step-NNNN``, with the ``train_config.json`` that lets ``load_model`` put it on its
     base like any adapter ``train`` writes. With ``stop_with`` (a profile), each checkpoint is
     measured on validation as it is saved, and training stops at the first one ``within`` the
-    limit: DPO lowers red-team refusals as it goes (in the three traces measured they never rose by
-    more than 1 of 260 from one checkpoint to the next), so the rule would keep that one."""
+    limit: DPO lowers red-team refusals as it goes (in the four traces measured they never rose by
+    more than 3 of 260 from one checkpoint to the next), so the rule would keep that one or one
+    within a few prompts of it."""
     from transformers import TrainerCallback
 
     from .data import write_json_atomic
