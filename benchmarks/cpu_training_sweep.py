@@ -24,7 +24,8 @@ from cai_utils.pipeline import stage1_items
 from cai_utils.preferences import STRATA, run_label
 from cai_utils.profiles import get_profile, uses_cpu_bf16
 from cai_utils.text_checks import is_refusal
-from cai_utils.training import is_done, train_dpo, train_sft
+from cai_utils.adapters import is_done
+from cai_utils.training import train_dpo, train_sft
 
 
 def parse(spec: str) -> dict:

@@ -35,9 +35,9 @@ def pick(rows: list[dict], limit: float = OVER_REFUSAL_LIMIT) -> dict:
     """
     if not rows:
         raise ValueError("no checkpoints to choose from")
-    within = [r for r in rows if max(r["borderline_refused"], r["helpful_refused"]) <= limit + 1e-9]
-    if within:
-        return max(within, key=lambda r: (r["red_team_refused"], -r["step"]))
+    ok = [r for r in rows if within(r, limit)]
+    if ok:
+        return max(ok, key=lambda r: (r["red_team_refused"], -r["step"]))
     return min(rows, key=lambda r: (max(r["borderline_refused"], r["helpful_refused"]),
                                     -r["red_team_refused"], r["step"]))
 
@@ -115,14 +115,16 @@ def snapshot_callback(folder: Path, steps: list[int], train_config: dict, stop_w
     return Snapshots()
 
 
-def choose(folder: Path, profile, limit: float = OVER_REFUSAL_LIMIT) -> dict:
+def choose(folder: Path, profile, limit: float = OVER_REFUSAL_LIMIT, stopped_at: int | None = None) -> dict:
     """Measure every checkpoint under ``folder`` (``step-NNNN``) on validation, write
     ``selection.json`` there, and return ``{"rows": [...], "chosen": row, "limit": limit,
-    "split": "val"}``."""
+    "split": "val", "stopped_at": step or None}`` (``stopped_at``: the step where training
+    stopped early, so the report does not speak of checkpoints that were never trained)."""
     from .data import write_json_atomic
 
     rows = [measure(folder, int(t.name.split("-")[1]), profile, limit) for t in sorted(folder.glob("step-*"))]
-    result = {"rows": rows, "chosen": pick(rows, limit), "limit": limit, "split": "val"}
+    result = {"rows": rows, "chosen": pick(rows, limit), "limit": limit, "split": "val",
+              "stopped_at": stopped_at}
     write_json_atomic(folder / "selection.json", result)
     return result
 
@@ -158,7 +160,9 @@ def keep_chosen(trainer, out: Path, profile) -> dict:
     """After training: measure every checkpoint on validation (those measured while training
     are read back), load the one the rule picks into the trainer's model (which ``finish`` then
     saves), and return the metrics to record."""
-    selection = choose(out / "checkpoints", profile)
+    state = trainer.state
+    stopped = state.global_step if state.max_steps and state.global_step < state.max_steps else None
+    selection = choose(out / "checkpoints", profile, stopped_at=stopped)
     step = selection["chosen"]["step"]
     restore(trainer.model, out / "checkpoints" / f"step-{step:04d}")
     return {"selected_step": step, "selection": "checkpoints/selection.json"}

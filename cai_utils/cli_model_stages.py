@@ -11,7 +11,7 @@ from .workspace import DEFAULT_CONSTITUTION
 
 
 def cmd_train(args) -> int:
-    from . import rl, training
+    from . import adapters, rl, training
     from .data import load_prompts
 
     profile = get_profile(args.profile)
@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
 
         raise DataError(f"profile {profile.name}: {PPO_NEEDS_FULL_VALUE_MODEL}")
     for folder in filter(None, [args.init, args.reward]):
-        training.adapter_base(folder)
+        adapters.adapter_base(folder)
     common = dict(max_steps=args.max_steps, profile=profile)
     if args.stage == "sft":
         result = training.train_sft(args.data, args.out, model=args.model or profile.policy_model,
@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
     losses = [e[key] for e in result.log if key in e]
     trend = f", {key} {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
     if args.merge and args.stage != "reward":
-        from .training import save_merged
+        from .adapters import save_merged
 
         print(f"merged model saved to {save_merged(result.out)}")
     print(f"{args.stage}: {result.steps} steps in {result.seconds}s{trend}, "

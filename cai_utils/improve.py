@@ -40,7 +40,8 @@ def cai_round(r: int, model: str, constitution, out, profile: Profile) -> str:
     is skipped when its output is complete, so an interrupted round resumes."""
     from .critique import run_critique
     from .preferences import run_label
-    from .training import is_done, train_dpo, train_sft
+    from .adapters import is_done
+    from .training import train_dpo, train_sft
 
     prompts = project_root() / "data" / "prompts"
     folder = Path(out) / f"round-{r}"

@@ -115,7 +115,7 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     ``out``; reused files are only read.
     """
     from . import constitution as cons
-    from . import report, rl, training
+    from . import adapters, report, rl, training
     from .data import load_prompts
     from .evaluation import stratified
     from .preferences import run_label
@@ -153,7 +153,7 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                    + ([paths["ppo"]] if prof.rl else []))
 
     def rl_current(any_prompts: bool = False) -> bool:
-        return training.is_current(paths["ppo"], None if any_prompts else rl_prompts, paths["sft"],
+        return adapters.is_current(paths["ppo"], None if any_prompts else rl_prompts, paths["sft"],
                                    paths["reward"])
     steps = {
         "validate": (lambda: False, prompts_for_rl),
@@ -168,10 +168,10 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                     else paths["critique"], paths["label"], profile=prof)),
         # a stage is done when its adapter was trained on the current data and the current
         # upstream adapters (a rerun that retrains SFT retrains everything after it)
-        "sft": (lambda: training.is_current(paths["sft"], paths["critique"]),
+        "sft": (lambda: adapters.is_current(paths["sft"], paths["critique"]),
                 lambda: training.train_sft(paths["critique"], paths["sft"], model=prof.policy_model,
                                            profile=prof)),
-        "dpo": (lambda: training.is_current(paths["dpo"], paths["label"], paths["sft"]),
+        "dpo": (lambda: adapters.is_current(paths["dpo"], paths["label"], paths["sft"]),
                 lambda: training.train_dpo(paths["label"], paths["dpo"], init=paths["sft"], profile=prof)),
         "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward_soft_labels),
                    lambda: rl.train_reward(paths["label"], paths["reward"], model=prof.policy_model,
@@ -268,7 +268,8 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     from .text_checks import is_refusal
     from .generation import HFGenerator, SamplingParams
     from .models import load_for_inference
-    from .training import is_done, train_sft
+    from .adapters import is_done
+    from .training import train_sft
 
     prof = get_profile(profile)
     full = cons.as_constitution(constitution)

@@ -35,7 +35,7 @@ from .workspace import DEFAULT_CONSTITUTION
 def model_labels(model: str, adapters: list[str | Path] = ()) -> dict[str, str]:
     """``{"base": model, <stage>: adapter, ...}``: adapters are named by the stage recorded in
     their ``train_config.json`` (sft, dpo, ppo, ...), or by folder when two share a stage."""
-    from .training import adapter_base
+    from .adapters import adapter_base
 
     labels = {"base": str(model)}
     for folder in adapters:

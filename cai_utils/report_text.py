@@ -135,15 +135,24 @@ def selection_lines(selection: dict | None) -> list[str]:
     |---|---|---|---|---|
     | step 24 | 58% | 12% | 12% | **kept** |
     | step 48 | 49% | 9% | 10% | |
+    >>> print(selection_lines({"rows": rows[:1], "chosen": rows[0], "limit": 0.15, "stopped_at": 24})[1])
+    DPO stopped at step 24, its first checkpoint refusing at most 15% of borderline and of helpful **validation** prompts (the test prompts played no part); the later steps were not trained:
     """
     if not selection:
         return []
-    chosen, limit = selection["chosen"], selection["limit"]
-    within = max(chosen["borderline_refused"], chosen["helpful_refused"]) <= limit + 1e-9
-    lines = ["", f"DPO kept the checkpoint with the most red-team refusals among those refusing at most "
-                 f"{limit:.0%} of borderline and of helpful **validation** prompts (the test prompts "
-                 "played no part)" + ("" if within else f"; none stayed within {limit:.0%}, so the one "
-                                      "that over-refused least was kept") + ":", "",
+    from .checkpoint_select import within
+
+    chosen, limit, stopped = selection["chosen"], selection["limit"], selection.get("stopped_at")
+    rule = (f"refusing at most {limit:.0%} of borderline and of helpful **validation** prompts "
+            "(the test prompts played no part)")
+    if stopped:
+        head = (f"DPO stopped at step {stopped}, its first checkpoint {rule}; the later steps were "
+                "not trained")
+    else:
+        head = (f"DPO kept the checkpoint with the most red-team refusals among those {rule}"
+                + ("" if within(chosen, limit) else
+                   f"; none stayed within {limit:.0%}, so the one that over-refused least was kept"))
+    lines = ["", head + ":", "",
              "| DPO checkpoint | red-team refused | borderline refused | helpful refused | |",
              "|---|---|---|---|---|"]
     for r in selection["rows"]:

@@ -9,8 +9,9 @@ from pathlib import Path
 from .data import DataError
 from .locks import writes_to
 from .profiles import DEFAULT_MODEL, Profile, get_profile
-from .training import (TrainResult, adapter_base, base_model, finish, is_current, is_done, load_records,
-                       fp32_trainable, lora_config, steps_for, trainer_args, with_adapter)
+from .adapters import adapter_base, is_current, is_done, with_adapter
+from .training import (TrainResult, base_model, finish, fp32_trainable, load_records, lora_config, steps_for,
+                       trainer_args)
 
 
 def reward_scores(model, tokenizer, prompts: list[list], completions: list[list],
@@ -30,7 +31,7 @@ def reward_scores(model, tokenizer, prompts: list[list], completions: list[list]
 
 
 def reward_is_current(out: str | Path, data: str | Path, soft_labels: bool) -> bool:
-    """``training.is_current`` for a reward model, which must also have been trained on the same
+    """``adapters.is_current`` for a reward model, which must also have been trained on the same
     kind of labels (the judge's probabilities or 0/1): the data file is the same either way."""
     import json
 

@@ -258,6 +258,8 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
             n_val = c["val_red_team"] + c["val_borderline"] + c["val_helpful"]
             s = kept * decode_seconds(policy, device, n_val, profile.eval_max_new_tokens, profile.batch_size, wgb)
             work += f"; {kept} checkpoints x {n_val} validation prompts"
+            if profile.dpo_stop_early:  # the whole run is the most it can take
+                work = "up to " + work.replace("; ", "; up to ") + " (stops at the first within the rule)"
         rows.append({"stage": stage, "work": work,
                      "seconds": s + train_seconds(policy, device, tokens, ckpt, reference=ref),
                      "memory_gb": train_memory_gb(policy, profile, example, seqs)})

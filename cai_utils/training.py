@@ -8,13 +8,13 @@ model card naming the constitution and the data, and a manifest. Sizes come from
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adapters import adapter_base, weights_sha256, with_adapter
 from .checkpoint_select import keep_chosen, snapshots
 from .data import DataError, file_sha256, read_jsonl, write_json_atomic
 from .locks import writes_to
@@ -139,25 +139,6 @@ def base_model(name: str, profile: Profile, load_in_4bit: bool, model_class=None
     return model, tokenizer
 
 
-def adapter_base(init: str | Path) -> str:
-    """The model name an adapter of ours was trained on."""
-    from .models import resolve_stored
-
-    config = Path(init) / "train_config.json"
-    if not config.is_file():
-        raise DataError(f"{init}: not an adapter folder from `train` (no train_config.json)")
-    return resolve_stored(json.loads(config.read_text())["model"], init)
-
-
-def with_adapter(model, init: str | Path | None, trainable: bool = True):
-    """Wrap a model with an adapter saved earlier (trainable by default)."""
-    if init is None:
-        return model
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(init), is_trainable=trainable)
-
-
 def _provenance(data: Path) -> dict:
     """What the data was made from, read from its manifest (for the model card)."""
     manifest = read_manifest(data) or {}
@@ -195,62 +176,6 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
                    init_sha256=weights_sha256(init), reward_sha256=weights_sha256(config.get("reward")),
                    **provenance)
     return result
-
-
-def save_merged(out: str | Path) -> Path:
-    """Save a causal-LM adapter folder's base with the adapter merged in, to ``out/merged``."""
-    from .models import load_model
-
-    model, tokenizer = load_model(str(out))
-    target = Path(out) / "merged"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
-def weights_sha256(folder) -> str | None:
-    """The hash of an adapter folder's weights (None for no folder)."""
-    if folder is None:
-        return None
-    weights = Path(folder) / "adapter_model.safetensors"
-    return file_sha256(weights) if weights.is_file() else None
-
-
-def is_current(out: str | Path, data: str | Path | None, init: str | Path | None = None,
-               reward: str | Path | None = None) -> bool:
-    """True when ``out`` holds a complete adapter trained on this very ``data`` file (any data
-    when ``data`` is None) and, when given, from this very ``init`` adapter against this very
-    ``reward`` model: a retrained SFT model or new data makes DPO, the reward model and PPO
-    stale, and a pipeline retrains them."""
-    manifest = read_manifest(Path(out) / "adapter.jsonl")
-    if not (manifest and manifest.get("complete")):
-        return False
-    return ((data is None or manifest.get("data_sha256") == file_sha256(data))
-            and manifest.get("init_sha256") == weights_sha256(init)
-            and manifest.get("reward_sha256") == weights_sha256(reward))
-
-
-def adapter_delta(folder: str | Path, start: str | Path | None = None) -> float:
-    """How far training moved an adapter: the L2 norm of its LoRA weights minus those of
-    ``start`` (an adapter it continued from, e.g. DPO from SFT), over the tensors both have.
-    With no start, the norm of the LoRA B matrices, which PEFT initialises to zero: 0.0 means
-    the adapter never trained."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
-    if start is None:
-        return float(sum(v.float().pow(2).sum() for k, v in weights.items() if "lora_B" in k) ** 0.5)
-    before = load_file(str(Path(start) / "adapter_model.safetensors"))
-    shared = [k for k in weights if k in before and "lora_" in k]
-    if not shared:
-        raise ValueError(f"{folder} and {start} share no LoRA weights: not an adapter continued from the other")
-    return float(sum((weights[k].float() - before[k].float()).pow(2).sum() for k in shared) ** 0.5)
-
-
-def is_done(out: str | Path) -> bool:
-    """True when a stage's folder holds a complete adapter (so a pipeline can skip it)."""
-    manifest = read_manifest(Path(out) / "adapter.jsonl")
-    return bool(manifest and manifest.get("complete"))
 
 
 def repeat_sets(records: list[dict], repeats: dict[str, int]) -> list[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_utils import rl, training
+from cai_utils import adapters, rl, training
 from cai_utils.data import DataError, read_jsonl
 from cai_utils.profiles import get_profile
 
@@ -64,7 +64,7 @@ def reload_and_generate(folder):
     from cai_utils.generation import chat
     from cai_utils.models import load_model
 
-    model, tokenizer = load_model(training.adapter_base(folder))
+    model, tokenizer = load_model(adapters.adapter_base(folder))
     model = PeftModel.from_pretrained(model, str(folder))
     return chat(model, tokenizer, "Say hello.", max_new_tokens=8)
 
@@ -82,7 +82,7 @@ def test_sft_two_steps_change_lora_and_reload(sft_adapter):
     assert json.loads((out / "adapter.manifest.json").read_text())["data_sha256"][:16] in card.text
     assert json.loads((out / "train_config.json").read_text())["profile"] == "ci"
     assert any("loss" in e for e in json.loads((out / "training_log.json").read_text()))
-    assert training.is_done(out)
+    assert adapters.is_done(out)
     assert reload_and_generate(out)
 
 
@@ -111,7 +111,7 @@ def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter):
     out = tmp_path / "dpo"
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2, profile=PROFILE)
     # DPO continues the SFT adapter, whose B matrices are already non-zero: compare with the start
-    assert result.steps == 2 and training.adapter_delta(out, sft_adapter[0]) > 0
+    assert result.steps == 2 and adapters.adapter_delta(out, sft_adapter[0]) > 0
     assert "last_reward_accuracy" in result.metrics
     assert reload_and_generate(out)
 
@@ -133,6 +133,7 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
                                 profile=PROFILE.replace(dpo_select_every=1, dpo_stop_early=False))
     selection = json.loads((out / "checkpoints" / "selection.json").read_text())
     assert [r["step"] for r in selection["rows"]] == [1, 2] and selection["split"] == "val"
+    assert selection["stopped_at"] is None  # trained to the end
     assert result.steps == 2 and result.metrics["selected_step"] == 1
     saved = load_file(str(out / "adapter_model.safetensors"))
     first, last = (load_file(str(out / "checkpoints" / f"step-000{n}" / "adapter_model.safetensors"))
@@ -162,6 +163,7 @@ def test_dpo_stops_at_the_first_checkpoint_within_the_rule(tmp_path, pref_data, 
                                 profile=PROFILE.replace(dpo_select_every=1))
     assert result.steps == 1 and result.metrics["selected_step"] == 1
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0001"]
+    assert json.loads((out / "checkpoints" / "selection.json").read_text())["stopped_at"] == 1
     saved = load_file(str(out / "adapter_model.safetensors"))
     first = load_file(str(out / "checkpoints" / "step-0001" / "adapter_model.safetensors"))
     assert all(torch.equal(saved[k], first[k]) for k in saved)
@@ -362,7 +364,7 @@ def test_improve_cli_runs_one_real_round(tmp_path):
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     assert "round 0: quality" in result.stdout and "round 1: quality" in result.stdout
-    assert training.is_done(tmp_path / "round-1" / "dpo")
+    assert adapters.is_done(tmp_path / "round-1" / "dpo")
 
 
 @pytest.mark.slow
@@ -370,7 +372,7 @@ def test_merged_model_saves_and_loads(sft_adapter):
     from cai_utils.generation import chat
     from cai_utils.models import load_model
 
-    merged = training.save_merged(sft_adapter[0])
+    merged = adapters.save_merged(sft_adapter[0])
     assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
     model, tokenizer = load_model(str(merged))
     assert chat(model, tokenizer, "Say hi.", max_new_tokens=4)
