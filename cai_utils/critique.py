@@ -9,7 +9,6 @@ carried into the next round stays the last accepted one.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,69 +22,7 @@ from .locks import writes_to
 from .manifest import check_resume, write_manifest
 from .stats import proportion_ci
 from .generation import Generator, SamplingParams
-from .text_checks import GATES, is_refusal, quality_gates
-
-_PREAMBLE = re.compile(
-    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+|here you go[:!.,]?\s+|"
-    r"(?:here(?:'s| is) (?:a |the |my |an )?(?:revised|rewritten|new|updated|improved|better)"
-    r"[^:\n]{0,60}:\s*)|"
-    r"(?:(?:revised|rewritten|new|updated|improved) (?:response|reply|version|answer)\s*:\s*))",
-    re.IGNORECASE,
-)
-_META = re.compile(r"^\s*(?:the |this |my )?(?:revised|rewritten|original|new) (?:response|reply|version)\b"
-                   r"|^\s*i (?:have |'ve )?(?:revised|rewritten|rewrote)\b", re.IGNORECASE)
-
-
-def clean_revision(text: str) -> str:
-    """Strip preambles such as "Sure, here is a revised response:" and wrapping quotes.
-
-    >>> clean_revision('Sure! Here is a revised response: "No, I can\\'t help with that."')
-    "No, I can't help with that."
-    """
-    previous = None
-    while previous != text:
-        previous, text = text, _PREAMBLE.sub("", text, count=1).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
-
-
-def is_degenerate(text: str) -> bool:
-    """A reply that loops: few distinct word trigrams, or one line said three times or more.
-
-    >>> is_degenerate("no no no no no no no no no no no no no no no no no no no no")
-    True
-    >>> is_degenerate("Paris is the capital of France.")
-    False
-    """
-    words = text.lower().split()
-    if len(words) >= 16:
-        trigrams = list(zip(words, words[1:], words[2:]))
-        if len(set(trigrams)) / len(trigrams) < 0.5:
-            return True
-    lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 10]
-    return any(lines.count(line) >= 3 for line in set(lines))
-
-
-def flag_text(text: str, source: str, finished: bool, kind: str) -> list[str]:
-    """Flags for a critique or a revision: empty, degenerate, echo (copies its input),
-    truncated (ran out of tokens), meta (a revision that talks about itself)."""
-    if not text.strip():
-        return [f"{kind}_empty"]
-    flags = []
-    if is_degenerate(text):
-        flags.append(f"{kind}_degenerate")
-    if text.strip() == source.strip():
-        flags.append(f"{kind}_echo")
-    if not finished:
-        flags.append(f"{kind}_truncated")
-    if kind == "revision" and _META.search(text):
-        flags.append("revision_meta")
-    return flags
-
-
-REJECTING = ("revision_empty", "revision_degenerate", "revision_meta", "critique_empty", *GATES)
-
+from .text_checks import GATES, REJECTING, clean_revision, flag_text, is_refusal, quality_gates
 
 def example_texts(constitution: Constitution) -> list[str]:
     """Every worked example's text (response, critique, revision): what a revision must not copy."""

@@ -11,6 +11,10 @@ each a pure function over strings, so a learner can run them on any record:
   conversation it answers (a short reply such as "42." or a plain refusal is not judged).
 - **commentary**: the revision talks *about* an answer ("The response should...", "The
   assistant fails to...") instead of being one.
+
+Stage 1 also flags what any generator can produce: empty, looping or echoing text, a reply cut
+off by the token limit, a revision that talks about itself (``flag_text``), after stripping
+preambles such as "Sure, here is a revised response:" (``clean_revision``).
 """
 
 from __future__ import annotations
@@ -192,3 +196,66 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     """
     grams = [g for t in texts for w in [words(t)] for g in zip(*(w[i:] for i in range(n)))]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# stage 1's flags on a critique or revision (empty, looping, echoing, cut off, about itself)
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+|here you go[:!.,]?\s+|"
+    r"(?:here(?:'s| is) (?:a |the |my |an )?(?:revised|rewritten|new|updated|improved|better)"
+    r"[^:\n]{0,60}:\s*)|"
+    r"(?:(?:revised|rewritten|new|updated|improved) (?:response|reply|version|answer)\s*:\s*))",
+    re.IGNORECASE,
+)
+_META = re.compile(r"^\s*(?:the |this |my )?(?:revised|rewritten|original|new) (?:response|reply|version)\b"
+                   r"|^\s*i (?:have |'ve )?(?:revised|rewritten|rewrote)\b", re.IGNORECASE)
+
+
+def clean_revision(text: str) -> str:
+    """Strip preambles such as "Sure, here is a revised response:" and wrapping quotes.
+
+    >>> clean_revision('Sure! Here is a revised response: "No, I can\\'t help with that."')
+    "No, I can't help with that."
+    """
+    previous = None
+    while previous != text:
+        previous, text = text, _PREAMBLE.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def is_degenerate(text: str) -> bool:
+    """A reply that loops: few distinct word trigrams, or one line said three times or more.
+
+    >>> is_degenerate("no no no no no no no no no no no no no no no no no no no no")
+    True
+    >>> is_degenerate("Paris is the capital of France.")
+    False
+    """
+    words = text.lower().split()
+    if len(words) >= 16:
+        trigrams = list(zip(words, words[1:], words[2:]))
+        if len(set(trigrams)) / len(trigrams) < 0.5:
+            return True
+    lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 10]
+    return any(lines.count(line) >= 3 for line in set(lines))
+
+
+def flag_text(text: str, source: str, finished: bool, kind: str) -> list[str]:
+    """Flags for a critique or a revision: empty, degenerate, echo (copies its input),
+    truncated (ran out of tokens), meta (a revision that talks about itself)."""
+    if not text.strip():
+        return [f"{kind}_empty"]
+    flags = []
+    if is_degenerate(text):
+        flags.append(f"{kind}_degenerate")
+    if text.strip() == source.strip():
+        flags.append(f"{kind}_echo")
+    if not finished:
+        flags.append(f"{kind}_truncated")
+    if kind == "revision" and _META.search(text):
+        flags.append("revision_meta")
+    return flags
+
+
+REJECTING = ("revision_empty", "revision_degenerate", "revision_meta", "critique_empty", *GATES)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cai_utils import constitution as cons
-from cai_utils.critique import (CritiqueSettings, clean_revision, critique_revise, flag_text,
-                                is_degenerate, quality, round_temperature)
+from cai_utils.critique import CritiqueSettings, critique_revise, quality, round_temperature
+from cai_utils.text_checks import clean_revision, flag_text, is_degenerate
 from cai_utils.data import read_jsonl
 from cai_utils.manifest import read_manifest
 from cai_utils.generation import Completion

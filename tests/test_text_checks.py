@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cai_utils import constitution as cons
-from cai_utils.critique import REJECTING, example_texts
+from cai_utils.critique import example_texts
+from cai_utils.text_checks import REJECTING
 from cai_utils.data import load_prompts
 from cai_utils.text_checks import (GATES, copied_share, distinct_n, is_commentary, is_off_topic,
                                    is_refusal, quality_gates)
