@@ -21,7 +21,8 @@ from cai_utils.course_critic import write_course_arm
 from cai_utils.data import project_root
 from cai_utils.evaluation import held_out_sets, refusal_quality
 from cai_utils.pipeline import stage1_items
-from cai_utils.preferences import STRATA, run_label
+from cai_utils.pairs import STRATA
+from cai_utils.preferences import run_label
 from cai_utils.profiles import get_profile, uses_cpu_bf16
 from cai_utils.text_checks import is_refusal
 from cai_utils.adapters import is_done
@@ -70,7 +71,7 @@ def select_records(sft_data: Path, sft_folder: Path, how: str, prof) -> Path:
     from cai_utils.data import read_jsonl, write_jsonl_atomic
     from cai_utils.generation import HFGenerator, SamplingParams
     from cai_utils.models import load_for_inference
-    from cai_utils.preferences import length_matched, pair_candidates
+    from cai_utils.pairs import length_matched, pair_candidates
     from cai_utils.evaluation import REFUSAL_TOKENS
 
     records = read_jsonl(sft_data)

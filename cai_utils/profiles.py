@@ -66,10 +66,10 @@ class Profile:
     label_source: str = "judge"
     n_pairs: int = 0  # pairs labelled and trained on (0: all)
     benign_pair_share: float = 0.5  # the share of those pairs on benign prompts (answer over refusal)
-    # how the harmful pairs are sampled (preferences.balanced): "equal" shares of every
+    # how the harmful pairs are sampled (pairs.balanced): "equal" shares of every
     # red-teaming tactic, shares "proportional" to the training prompts' tactics, or "length":
     # prompt lengths that follow the benign pairs'
-    pair_tactics: str = "equal"  # one of preferences.PAIR_TACTICS
+    pair_tactics: str = "equal"  # one of pairs.PAIR_TACTICS
     judge_mode: str = "sampled"  # "sampled": one principle per pair; "all": every principle
     tie_threshold: float = 0.0  # |p_chosen - 0.5| below this is a tie
     candidate_temperature: float = 1.0

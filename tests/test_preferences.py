@@ -10,8 +10,8 @@ from cai_utils import constitution as cons
 from cai_utils.data import read_jsonl
 from cai_utils.manifest import read_manifest
 from cai_utils.judge import LogProbJudge, agreement, judge_pairs, load_calibration
-from cai_utils.preferences import (balanced, label_stats, pair_candidates, preference_record,
-                                   principles_for)
+from cai_utils.pairs import balanced, pair_candidates
+from cai_utils.preferences import label_stats, preference_record, principles_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTITUTION = ROOT / "constitutions" / "harmless-general.yaml"
@@ -148,7 +148,7 @@ def test_the_cpu_pair_mix_covers_every_red_teaming_tactic_of_the_shipped_data():
     # "length": harmful prompts as short as the benign ones (the equal mix's are over twice as long)
     from statistics import median
 
-    from cai_utils.preferences import prompt_chars
+    from cai_utils.pairs import prompt_chars
 
     for mode, ratio in (("length", (0.8, 1.25)), ("equal", (2.0, 10.0))):
         mixed = balanced(pair_candidates(records, "mix"), prof.n_pairs, prof.benign_pair_share, mode)

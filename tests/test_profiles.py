@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from cai_utils.preferences import PAIR_TACTICS
+from cai_utils.pairs import PAIR_TACTICS
 from cai_utils.profiles import PROFILES, get_profile
 
 
