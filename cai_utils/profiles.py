@@ -221,21 +221,26 @@ PROFILES: dict[str, Profile] = {
         inverse_pairs=48,
         benign_pair_share=0.75,
         sft_learning_rate=3e-4,
-        sft_epochs=0.8,  # 290 steps; one epoch (362) refused more and over-refused more before DPO
+        # 290 steps. One epoch (362) refused more and over-refused more before DPO (81% / 49% / 23%),
+        # and DPO from it stopped at step 60 at the same point as from 0.8 epochs (60% / 13% / 8%),
+        # with about 6 minutes more of training and validation passes
+        sft_epochs=0.8,
         sft_lr_scheduler="constant_with_warmup",  # linear decay: the refusals never formed (README)
         sft_warmup=0.05,
         sft_repeat=(("borderline", 2),),  # the contrast examples, twice
         dpo_learning_rate=1e-4,
         dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
         dpo_loss_weights=(1.0, 1.0),
-        # up to two passes over the 72 pairs (72 steps), a checkpoint every 24, stopping at the
+        # up to two passes over the 72 pairs (72 steps), a checkpoint every 12, stopping at the
         # first the over-refusal rule accepts on validation (else the least over-refusing). With
         # a fixed 36 steps one training seed ended at 59% / 12% / 12% of red-team / borderline /
         # helpful validation prompts refused and another at 74% / 40% / 17%; chosen this way,
-        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72)
+        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72). Every 12 rather than 24: the
+        # last demo's SFT adapter was within the rule at step 12 already (60% / 14% / 10%, against
+        # 57% / 12% / 10% at step 24), in one validation pass
         # (benchmarks/results/cpu_training_sweep.jsonl)
         dpo_epochs=2.0,
-        dpo_select_every=24,
+        dpo_select_every=12,
         reward_steps=20,
         ppo_steps=4,
         rl=False,  # they would take `make demo` past 20 minutes; notebook 06 trains them
