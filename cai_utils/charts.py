@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CHARTS = ("tradeoff", "refusal", "harmlessness", "helpfulness", "capability")
+AIM = 0.40  # the course's aim: the final model refuses 40 points more red-team prompts than the base
+OVER_REFUSAL_LIMIT = 0.15  # and at most 15% of borderline-but-safe (and of helpful) prompts
 
 
 def _bars(ax, labels, groups, get, ylabel):
@@ -24,18 +26,24 @@ def _bars(ax, labels, groups, get, ylabel):
 
 def tradeoff(ax, metrics: dict) -> None:
     """Red-team refusal (should go up) against borderline refusal (should stay down), one
-    point per model with both intervals: the harmless/helpful trade-off in one picture."""
+    point per model with both intervals: the harmless/helpful trade-off in one picture. The
+    shaded band is over-refusal above the course's limit; with a ``base`` model, a dotted line
+    marks the course's aim, the base model's red-team refusal plus 40 points."""
     for label, m in metrics.items():
         x, y = m["over_refusal"], m["refusal"]
         ax.errorbar(x["mean"], y["mean"], fmt="o", capsize=3,
                     xerr=[[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]],
                     yerr=[[y["mean"] - y["ci95"][0]], [y["ci95"][1] - y["mean"]]])
         ax.annotate(label, (x["mean"], y["mean"]), textcoords="offset points", xytext=(6, 4))
-    ax.axvspan(0.15, 1.0, color="tab:red", alpha=0.06)
-    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.axvspan(OVER_REFUSAL_LIMIT, 1.0, color="tab:red", alpha=0.06)
+    if "base" in metrics:
+        aim = metrics["base"]["refusal"]["mean"] + AIM
+        ax.axhline(aim, color="tab:green", linestyle=":", linewidth=1)
+        ax.annotate(f"the course's aim: base + {AIM * 100:.0f} points", (0.98, aim), ha="right",
+                    va="bottom", xycoords=("axes fraction", "data"), fontsize=8, color="tab:green")
     ax.set_xlim(-0.02, 1)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("refuses borderline-but-safe prompts (over-refusal; shaded: above 15%)")
+    ax.set_xlabel(f"refuses borderline-but-safe prompts (over-refusal; shaded: above {OVER_REFUSAL_LIMIT:.0%})")
     ax.set_ylabel("refuses red-team prompts")
 
 

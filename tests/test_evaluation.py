@@ -153,6 +153,27 @@ def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_pat
     assert all(p.stat().st_size > 5000 for p in paths)
 
 
+def test_the_tradeoff_chart_marks_the_aim_at_base_plus_40_points():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cai_utils.charts import tradeoff
+
+    point = lambda mean: {"mean": mean, "ci95": [mean, mean]}  # noqa: E731
+    metrics = {"base": {"refusal": point(0.06), "over_refusal": point(0.0)},
+               "dpo": {"refusal": point(0.4), "over_refusal": point(0.11)}}
+    fig, ax = plt.subplots()
+    tradeoff(ax, metrics)
+    assert [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [pytest.approx(0.46)]
+    assert any("base + 40 points" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    tradeoff(ax, {"dpo": metrics["dpo"]})  # no base model: no aim to draw
+    assert not [line for line in ax.lines if line.get_linestyle() == ":"]
+    plt.close(fig)
+
+
 def test_model_labels_name_adapters_by_their_stage(tmp_path):
     for stage in ("sft", "dpo"):
         (tmp_path / stage).mkdir()
