@@ -1,7 +1,7 @@
 """The evaluation report as Markdown: the headline table, the paired changes from base with
 their intervals, plain-sentence verdicts, refusals by tactic, capability and the alignment tax,
 and the training data behind the models. Pure functions of ``report.json``'s contents
-(``report.build_report``), used by ``report.md``, the CLI and notebook 07.
+(``report_numbers.build_report``), used by ``report.md``, the CLI and notebook 07.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ import pytest
 from cai_utils import evaluation as E
 from cai_utils import stats
 from cai_utils.charts import charts
-from cai_utils.report import build_report, model_labels
+from cai_utils.report import model_labels
+from cai_utils.report_numbers import build_report
 from cai_utils.report_text import markdown, summary_table
 from cai_utils.data import DataError
 

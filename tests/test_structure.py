@@ -54,6 +54,6 @@ def test_find_cycle_finds_a_loop_and_only_a_loop():
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
     assert {"evaluation", "preferences", "judge", "stats", "text_checks"} <= set(graph)
-    assert "stats" in graph["report"]  # the walk sees real imports
+    assert "stats" in graph["report_numbers"] and "report_numbers" in graph["report"]  # real imports
     loop = find_cycle(graph)
     assert loop is None, "import cycle: " + " -> ".join(loop)
