@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checkpoint_select import OVER_REFUSAL_LIMIT  # the course's limit on over-refusal
+
 CHARTS = ("tradeoff", "refusal", "harmlessness", "helpfulness", "capability")
 AIM = 0.40  # the course's aim: the final model refuses 40 points more red-team prompts than the base
-OVER_REFUSAL_LIMIT = 0.15  # and at most 15% of borderline-but-safe (and of helpful) prompts
 
 
 def _bars(ax, labels, groups, get, ylabel):
