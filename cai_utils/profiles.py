@@ -235,9 +235,10 @@ PROFILES: dict[str, Profile] = {
         # first the over-refusal rule accepts on validation (else the least over-refusing). With
         # a fixed 36 steps one training seed ended at 59% / 12% / 12% of red-team / borderline /
         # helpful validation prompts refused and another at 74% / 40% / 17%; chosen this way,
-        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72). Every 12 rather than 24: the
-        # last demo's SFT adapter was within the rule at step 12 already (60% / 14% / 10%, against
-        # 57% / 12% / 10% at step 24), in one validation pass
+        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72). Every 12 rather than 24: one
+        # demo's SFT adapter was within the rule at step 12 already (60% / 14% / 10%, against
+        # 57% / 12% / 10% at step 24), in one validation pass; the next demo's missed it at step
+        # 12 (18% borderline) and stopped at step 24
         # (benchmarks/results/cpu_training_sweep.jsonl)
         dpo_epochs=2.0,
         dpo_select_every=12,
