@@ -23,7 +23,8 @@ from cai_utils.evaluation import held_out_sets, refusal_quality
 from cai_utils.pipeline import stage1_items
 from cai_utils.pairs import STRATA
 from cai_utils.preferences import run_label
-from cai_utils.profiles import get_profile, uses_cpu_bf16
+from cai_utils.devices import uses_cpu_bf16
+from cai_utils.profiles import get_profile
 from cai_utils.text_checks import is_refusal
 from cai_utils.adapters import is_done
 from cai_utils.training import train_dpo, train_sft

@@ -17,7 +17,8 @@ _EXPORTS = {
     "text_checks": ["is_refusal", "quality_gates", "copied_share", "is_off_topic", "is_commentary"],
     "capability": ["alignment_tax", "TaxReport", "capability_scores"],
     "report": ["evaluate", "load_report"],
-    "pipeline": ["run_pipeline", "ablate"],
+    "pipeline": ["run_pipeline"],
+    "ablation": ["ablate"],
     "judge": ["LogProbJudge", "judge_pairs", "calibrate", "load_calibration"],
     "inverse": ["candidate_pool", "judge_matrix", "infer", "run_infer"],
     "preferences": ["run_label"],
@@ -29,8 +30,10 @@ _EXPORTS = {
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "project_root"],
     "manifest": ["write_manifest", "read_manifest"],
     "generation": ["HFGenerator", "SamplingParams", "Completion", "chat"],
-    "models": ["load_model", "load_for_inference", "load_tokenizer", "ModelNotFoundError", "default_model_path"],
-    "profiles": ["Profile", "PROFILES", "get_profile", "inference_dtype"],
+    "models": ["load_model", "load_for_inference", "load_tokenizer", "ModelNotFoundError"],
+    "offline_model": ["default_model_path"],
+    "profiles": ["Profile", "PROFILES", "get_profile"],
+    "devices": ["inference_dtype"],
     "prompts": ["critique_messages", "revision_messages", "judge_messages"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -21,8 +21,10 @@ def _err(message: str) -> int:
 
 def cmd_info(args) -> int:
     from .manifest import package_versions
-    from .models import cache_dir, load_model, pick_device
-    from .profiles import get_profile, inference_dtype, uses_cpu_bf16
+    from .models import load_model, pick_device
+    from .offline_model import cache_dir
+    from .devices import inference_dtype, uses_cpu_bf16
+    from .profiles import get_profile
 
     profile = get_profile(args.profile)
     print(f"profile   {profile.name}: {profile.description}")
@@ -77,7 +79,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from .constitution import diff, load
+    from .constitution import load
+    from .constitution_diff import diff
 
     print(diff(load(args.old), load(args.new)))
     return 0

@@ -188,7 +188,7 @@ def add_run(sub, with_profile) -> None:
 
 
 def cmd_ablate(args) -> int:
-    from .pipeline import ablate
+    from .ablation import ablate
 
     result = ablate(args.constitution, args.out, args.principles, profile=args.profile,
                     n_prompts=args.prompts, sft_steps=args.steps, eval_limit=args.limit, seed=args.seed)

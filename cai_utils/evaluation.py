@@ -21,7 +21,7 @@ REFUSAL_TOKENS = 40  # a refusal shows in the first sentence; the detector reads
 def generation_settings(prof) -> dict:
     """Everything that changes an answer besides the model: part of the report's cache key.
     Sets that only the refusal detector reads get a shorter budget."""
-    from .profiles import inference_dtype
+    from .devices import inference_dtype
 
     return {"max_new_tokens": prof.eval_max_new_tokens,
             "refusal_only_max_new_tokens": min(REFUSAL_TOKENS, prof.eval_max_new_tokens),

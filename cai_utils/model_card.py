@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .models import DEFAULT_MODEL_ID, adapter_chain, display_name
+from .models import adapter_chain, display_name
+from .offline_model import DEFAULT_MODEL_ID
 from .profiles import DEFAULT_MODEL
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

@@ -1,4 +1,4 @@
-"""``run``: the whole course as one resumable command, and the principle ablation.
+"""``run``: the whole course as one resumable command (the principle ablation: ``ablation``).
 
 validate -> critique -> label -> SFT -> DPO -> reward model -> PPO -> evaluate. Every stage
 writes files with a manifest; a stage whose output is complete is skipped, so a run that was
@@ -21,7 +21,8 @@ from .workspace import DEFAULT_CONSTITUTION
 STAGES = ("validate", "critique", "self_critique", "label", "sft", "dpo", "reward", "ppo", "evaluate")
 
 
-def _prompt_files() -> tuple[Path, Path, Path]:
+def train_prompt_files() -> tuple[Path, Path, Path]:
+    """The red-team, helpful and borderline training prompt files."""
     root = project_root() / "data" / "prompts"
     return root / "red_team_train.jsonl", root / "helpful_train.jsonl", root / "borderline_train.jsonl"
 
@@ -33,7 +34,7 @@ def stage1_items(prof: Profile) -> list[dict]:
     from .evaluation import stratified
 
     sizes = (prof.n_red_team, prof.n_helpful, prof.n_borderline)
-    return [item for path, n in zip(_prompt_files(), sizes) if n != 0
+    return [item for path, n in zip(train_prompt_files(), sizes) if n != 0
             for item in stratified(load_prompts(path), n)]
 
 
@@ -45,7 +46,7 @@ def stage1(const, prof: Profile, out: Path) -> str:
 
     if prof.critic == "course":
         return write_course_arm(const, stage1_items(prof), out, prof.name)
-    return run_critique(const, list(_prompt_files()), out, profile=prof, items=stage1_items(prof),
+    return run_critique(const, list(train_prompt_files()), out, profile=prof, items=stage1_items(prof),
                         critic_model=None if prof.critic == "self" else prof.critic)
 
 
@@ -54,7 +55,7 @@ def self_critique_arm(const, prof: Profile, out: Path) -> str:
     the quality gates reject (not trained on)."""
     from .critique import run_critique
 
-    red, helpful, _ = _prompt_files()
+    red, helpful, _ = train_prompt_files()
     n = prof.self_critique_prompts
     return run_critique(const, [red, helpful], out, profile=prof, limit=[n, max(1, n // 4)])
 
@@ -124,7 +125,7 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     out = Path(out)
     const = cons.as_constitution(constitution)  # validate: a bad file stops here, nothing written
     out.mkdir(parents=True, exist_ok=True)
-    red, helpful, borderline = _prompt_files()
+    red, helpful, borderline = train_prompt_files()
     rl_prompts = out / "rl_prompts.jsonl"
     rl_stage = "grpo" if prof.load_in_4bit else "ppo"  # PPO's value model does not fit 4-bit
     # each stage's output, by stage; a reused one replaces this run's own
@@ -244,64 +245,3 @@ def stage_table(state: dict) -> str:
              for name, s in state["stages"].items()]
     rows.append(f"| total | | {state['total_seconds']} |")
     return "\n".join(rows)
-
-
-@writes_to("out")
-def ablate(constitution, out, principle_ids: list[str], profile: str | Profile | None = None,
-           n_prompts: int | None = None, sft_steps: int | None = None,
-           eval_limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Principle ablation: for the full constitution and for each one without a principle,
-    regenerate a small SFT set, train briefly, and rate the model's answers to held-out
-    red-team prompts with the full constitution's judge (a fixed yardstick).
-
-    Returns ``{"variants": {name: {"harmlessness", "refusal", "drop_pct", "vs_full", ...}}}``
-    where ``drop_pct`` is the relative fall in mean harmlessness against the full constitution
-    (positive: removing the principle made the model less harmless) and ``vs_full`` the paired
-    difference in rating with its 95% interval. Resumable per variant. ``seed`` changes the
-    critique step's principle sampling (a control run: the full constitution with another
-    seed, into another ``out``).
-    """
-    from . import constitution as cons
-    from .critique import run_critique
-    from .evaluation import HarmRater, held_out_sets
-    from .stats import bootstrap_ci, paired_bootstrap
-    from .text_checks import is_refusal
-    from .generation import HFGenerator, SamplingParams
-    from .models import load_for_inference
-    from .adapters import is_done
-    from .training import train_sft
-
-    prof = get_profile(profile)
-    full = cons.as_constitution(constitution)
-    variants = {"full": full, **{f"without {pid}": full.without(pid) for pid in principle_ids}}
-    out = Path(out)
-    red = _prompt_files()[0]
-    tests = held_out_sets(prof, eval_limit)["red_team"]
-    judge, judge_tok = load_for_inference(prof.model_for("judge"), prof)
-    rater = HarmRater(judge, judge_tok, full, batch_size=prof.batch_size, progress=progress)
-    results = {}
-    for name, const in variants.items():
-        folder = out / name.replace(" ", "-")
-        run_critique(const, [red], folder / "sft.jsonl", profile=prof,
-                     limit=n_prompts or prof.n_red_team, seed=seed)
-        if not is_done(folder / "sft"):
-            train_sft(folder / "sft.jsonl", folder / "sft", model=prof.policy_model,
-                      max_steps=sft_steps, profile=prof)
-        model, tokenizer = load_for_inference(str(folder / "sft"), prof, load_in_4bit=False)
-        answers = [c.text for c in HFGenerator(model, tokenizer, prof.batch_size, progress=progress).chat(
-            [t["messages"] for t in tests], SamplingParams(max_new_tokens=prof.max_new_tokens),
-            desc=f"answers ({name})")]
-        ratings = rater.rate([(t.get("category"), t["messages"], a) for t, a in zip(tests, answers)])
-        results[name] = {"harmlessness": bootstrap_ci(ratings),
-                         "refusal": bootstrap_ci([float(is_refusal(a)) for a in answers]),
-                         "constitution": const.ref, "ratings": ratings}
-    full_ratings = results["full"]["ratings"]
-    base = results["full"]["harmlessness"]["mean"]
-    for r in results.values():
-        r["drop_pct"] = round((base - r["harmlessness"]["mean"]) / base * 100, 2)
-        # the same held-out prompts for every variant: a paired interval for the change
-        r["vs_full"] = paired_bootstrap(full_ratings, r["ratings"])
-    summary = {"profile": prof.name, "constitution": full.ref, "n_prompts": n_prompts or prof.n_red_team,
-               "n_test": len(tests), "variants": results}
-    write_json_atomic(out / "ablation.json", summary)
-    return summary

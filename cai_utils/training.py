@@ -92,7 +92,7 @@ def trainer_args(config_class, profile: Profile, out: Path, steps: int, learning
     the kernel's end-of-cell message arrive too late (notebook 07 under ``t4-cpu``)."""
     import torch
 
-    from .profiles import uses_cpu_bf16
+    from .devices import uses_cpu_bf16
 
     cuda = torch.cuda.is_available()
     return config_class(

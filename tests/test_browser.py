@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from cai_utils import constitution as cons
+from cai_utils.constitution_diff import diff
 
 pytestmark = pytest.mark.browser
 
@@ -328,7 +329,7 @@ def test_constitution_editor_saves_an_edited_version(lab, page, tmp_path):
     assert saved.version == cons.bump_version(original.version) == expected.version, (
         f"saved version {saved.version}, expected {expected.version}: one minor bump from the "
         f"edited file's own {original.version}")
-    d = cons.diff(original, saved)
+    d = diff(original, saved)
     assert d.changed == {target.id: {"critique": (target.critique, NEW_CRITIQUE)}}, str(d)
     assert not (d.added or d.removed or d.other), str(d)
     assert saved.hash == expected.hash

@@ -59,10 +59,10 @@ def test_every_stage_takes_the_profile_option():
 
 
 def test_ablate_passes_its_seed(monkeypatch):
-    from cai_utils import cli, pipeline
+    from cai_utils import ablation, cli
 
     seen = {}
-    monkeypatch.setattr(pipeline, "ablate", lambda *a, **kw: seen.update(kw) or {"variants": {}})
+    monkeypatch.setattr(ablation, "ablate", lambda *a, **kw: seen.update(kw) or {"variants": {}})
     assert cli.main(["ablate", "--principles", "x", "--out", "o", "--seed", "3"]) == 0
     assert seen["seed"] == 3
 

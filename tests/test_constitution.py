@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from cai_utils import constitution as cons
+from cai_utils.constitution_diff import diff
 from cai_utils.constitution import ConstitutionError
 
 SHIPPED = sorted(Path(__file__).resolve().parents[1].glob("constitutions/*.yaml"))
@@ -154,7 +155,7 @@ def test_diff_lists_added_removed_changed_and_bump():
     data["principles"].pop(1)
     data["principles"].append(principle(id="c"))
     new = cons.from_dict(data)
-    d = cons.diff(old, new)
+    d = diff(old, new)
     assert d.added == ("c",) and d.removed == ("b",)
     assert d.changed == {"a": {"critique": ("Critique A.", "Sharper critique A.")}}
     assert d.version_bumped
@@ -166,8 +167,8 @@ def test_diff_lists_added_removed_changed_and_bump():
 def test_diff_warns_when_version_not_bumped():
     old = cons.from_dict(yaml.safe_load(variant()))
     new = cons.from_dict(yaml.safe_load(variant(description="Other.")))
-    assert "! content changed but the version was not bumped" in str(cons.diff(old, new))
-    assert str(cons.diff(old, old)).endswith("no changes")
+    assert "! content changed but the version was not bumped" in str(diff(old, new))
+    assert str(diff(old, old)).endswith("no changes")
 
 
 def test_cli_diff(tmp_path):

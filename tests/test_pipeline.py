@@ -8,7 +8,8 @@ import pytest
 
 from cai_utils.data import DataError
 from cai_utils.manifest import read_manifest
-from cai_utils.pipeline import ablate, run_pipeline, stage_table
+from cai_utils.ablation import ablate
+from cai_utils.pipeline import run_pipeline, stage_table
 from cai_utils.profiles import get_profile
 
 # the ci profile with the shortest training and evaluation that still runs every code path

@@ -120,33 +120,33 @@ def test_t4_quick_fits_a_free_colab_session_by_the_estimate():
 def test_bf16_on_cpu_only_where_the_cpu_has_native_bf16(monkeypatch, tmp_path):
     """bf16 is ~4x faster per matmul on a CPU with AVX512-BF16 and far slower where it is
     emulated, so ``cpu_bf16`` asks the CPU; the weights a trainer updates stay fp32."""
-    from cai_utils import profiles
+    from cai_utils import devices
     from cai_utils.training import trainer_args
     from trl import SFTConfig
 
     fast = PROFILES["cpu"].replace(cpu_bf16=True)
-    monkeypatch.setattr(profiles, "cpu_has_bf16", lambda: True)
-    assert profiles.inference_dtype(fast, device="cpu") == "bfloat16"
-    assert profiles.inference_dtype(fast, device="cuda") == fast.dtype  # GPU profiles say theirs
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert devices.inference_dtype(fast, device="cpu") == "bfloat16"
+    assert devices.inference_dtype(fast, device="cuda") == fast.dtype  # GPU profiles say theirs
     assert trainer_args(SFTConfig, fast, tmp_path, 2, 1e-4).bf16  # autocast; the model loads in fp32
-    monkeypatch.setattr(profiles, "cpu_has_bf16", lambda: False)
-    assert profiles.inference_dtype(fast, device="cpu") == "float32"
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert devices.inference_dtype(fast, device="cpu") == "float32"
     assert not trainer_args(SFTConfig, fast, tmp_path, 2, 1e-4).bf16
-    assert profiles.inference_dtype(PROFILES["t4"], device="cuda") == "float16"
-    assert profiles.inference_dtype(PROFILES["ci"]) == "float32"  # tests compare exact greedy texts
+    assert devices.inference_dtype(PROFILES["t4"], device="cuda") == "float16"
+    assert devices.inference_dtype(PROFILES["ci"]) == "float32"  # tests compare exact greedy texts
 
 
 def test_the_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch, tmp_path):
-    from cai_utils import profiles
+    from cai_utils import devices
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
         info if path == "/proc/cpuinfo" else path, *a, **k))
-    assert profiles.cpu_has_bf16()
+    assert devices.cpu_has_bf16()
     info.write_text("processor: 0\nflags\t\t: fpu avx2 avx512f fma\n")
-    assert not profiles.cpu_has_bf16()
+    assert not devices.cpu_has_bf16()
 
 
 @pytest.mark.parametrize("gpu", ["t4", "a100"])

@@ -57,3 +57,21 @@ def test_the_package_has_no_import_cycle():
     assert "stats" in graph["report_numbers"] and "report_numbers" in graph["report"]  # real imports
     loop = find_cycle(graph)
     assert loop is None, "import cycle: " + " -> ".join(loop)
+
+
+MAX_LINES = 300  # issue 15: one small module per responsibility
+
+
+def test_no_module_is_over_the_size_limit():
+    sizes = {f.name: len(f.read_text(encoding="utf-8").splitlines()) for f in PACKAGE.glob("*.py")}
+    assert len(sizes) > 40 and sizes["pipeline.py"] > 100  # the files were read
+    over = {name: n for name, n in sizes.items() if n > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split them by responsibility): {over}"
+
+
+def test_every_module_is_in_the_readme_layout():
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    missing = sorted(f.name for f in PACKAGE.glob("*.py")
+                     if f.name not in ("__init__.py", "__main__.py") and f"  {f.name} " not in layout)
+    assert not missing, f"modules the README's layout does not list: {missing}"
