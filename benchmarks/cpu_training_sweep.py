@@ -165,11 +165,11 @@ def main() -> None:
     for spec in map(parse, args.sft):
         folder = out / name_of("sft", spec)
         # borderline=K, helpful=K: each benign record of that set K times in the SFT mix
-        p = lora(prof, spec).replace(sft_learning_rate=spec["lr"], sft_epochs=spec.get("epochs", 1.0),
-                                     sft_lr_scheduler=spec.get("sched", prof.sft_lr_scheduler),
-                                     sft_warmup=spec.get("warmup", prof.sft_warmup),
-                                     sft_repeat=tuple((s, int(spec[s])) for s in ("borderline", "helpful")
-                                                      if s in spec))
+        p = lora(prof, spec).replace(sft=dict(learning_rate=spec["lr"], epochs=spec.get("epochs", 1.0),
+                                     lr_scheduler=spec.get("sched", prof.sft.lr_scheduler),
+                                     warmup=spec.get("warmup", prof.sft.warmup),
+                                     repeat=tuple((s, int(spec[s])) for s in ("borderline", "helpful")
+                                                      if s in spec)))
         sft_folders.append(folder)
         if not is_done(folder):  # a model trained earlier was scored then (see the log)
             r = train_sft(sft_data, folder, model=prof.policy_model, profile=p)
@@ -191,12 +191,13 @@ def main() -> None:
             print(run_label(const, records, prefs, profile=prof.replace(
                 n_pairs=n_pairs, benign_pair_share=mix, pair_tactics=tactics)))
         folder = out / (init.name + "." + name_of("dpo", spec))
-        p = lora(prof, spec).replace(dpo_learning_rate=spec["lr"], dpo_steps=int(spec["steps"]),
-                         dpo_beta=spec.get("beta", prof.dpo_beta), dpo_epochs=None,
-                         dpo_loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
-                         dpo_loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None,
-                         dpo_select_every=int(spec["every"]) if "every" in spec else None,
-                         dpo_stop_early=bool(spec.get("stop", 1)))
+        p = lora(prof, spec).replace(dpo=dict(
+                         learning_rate=spec["lr"], steps=int(spec["steps"]),
+                         beta=spec.get("beta", prof.dpo.beta), epochs=None,
+                         loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
+                         loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None,
+                         select_every=int(spec["every"]) if "every" in spec else None,
+                         stop_early=bool(spec.get("stop", 1))))
         if not is_done(folder):
             r = train_dpo(prefs, folder, init=init, profile=p)
             print(f"{folder.name}: {r.steps} steps in {r.seconds}s"

@@ -139,8 +139,8 @@ def restore(model, checkpoint: Path) -> None:
 
 def snapshots(out: Path, steps: int, model: str, init, profile) -> list:
     """The callbacks for a DPO run of ``steps`` that saves a checkpoint every
-    ``profile.dpo_select_every`` steps into ``out/checkpoints`` (emptied first: a rerun's
-    weights are not an earlier run's), stopping early under ``profile.dpo_stop_early``
+    ``profile.dpo.select_every`` steps into ``out/checkpoints`` (emptied first: a rerun's
+    weights are not an earlier run's), stopping early under ``profile.dpo.stop_early``
     (``model`` and ``init``: what the adapter sits on)."""
     import shutil
 
@@ -150,10 +150,10 @@ def snapshots(out: Path, steps: int, model: str, init, profile) -> list:
     if folder.exists():
         shutil.rmtree(folder)
     at = folder / "step-0"  # every checkpoint folder sits at this depth
-    return [snapshot_callback(folder, checkpoint_steps(steps, profile.dpo_select_every),
+    return [snapshot_callback(folder, checkpoint_steps(steps, profile.dpo.select_every),
                               {"stage": "dpo", "model": stored_path(model, at),
                                "init": stored_path(str(init), at) if init else None},
-                              stop_with=profile if profile.dpo_stop_early else None)]
+                              stop_with=profile if profile.dpo.stop_early else None)]
 
 
 def keep_chosen(trainer, out: Path, profile) -> dict:

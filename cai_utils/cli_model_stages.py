@@ -20,7 +20,7 @@ def cmd_train(args) -> int:
     if args.select_every is not None:
         if args.stage != "dpo":
             raise DataError("--select-every chooses a DPO checkpoint on validation: use it with `train dpo`")
-        profile = profile.replace(dpo_select_every=args.select_every or None)
+        profile = profile.replace(dpo={"select_every": args.select_every or None})
     # check the inputs before any model is loaded
     if args.stage in ("sft", "dpo", "reward"):
         training.load_records(args.data, args.stage)

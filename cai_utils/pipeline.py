@@ -174,7 +174,7 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                            profile=prof)),
         "dpo": (lambda: adapters.is_current(paths["dpo"], paths["label"], paths["sft"]),
                 lambda: training.train_dpo(paths["label"], paths["dpo"], init=paths["sft"], profile=prof)),
-        "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward_soft_labels),
+        "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward.soft_labels),
                    lambda: rl.train_reward(paths["label"], paths["reward"], model=prof.policy_model,
                                            profile=prof)),
         "ppo": (rl_current,

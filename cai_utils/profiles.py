@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .devices import has_cuda
-from .profile_schema import DEFAULT_MODEL, Profile  # noqa: F401 (the profiles' API)
+from .profile_schema import DEFAULT_MODEL, DPO, GRPO, PPO, SFT, Profile, Reward  # noqa: F401 (the profiles' API)
 
 _GPU_TARGETS = "all-linear"
 
@@ -70,30 +70,35 @@ PROFILES: dict[str, Profile] = {
         n_pairs=72,
         inverse_pairs=48,
         benign_pair_share=0.75,
-        sft_learning_rate=3e-4,
-        # 290 steps. One epoch (362) refused more and over-refused more before DPO (81% / 49% / 23%),
-        # and DPO from it stopped at step 60 at the same point as from 0.8 epochs (60% / 13% / 8%),
-        # with about 6 minutes more of training and validation passes
-        sft_epochs=0.8,
-        sft_lr_scheduler="constant_with_warmup",  # linear decay: the refusals never formed (README)
-        sft_warmup=0.05,
-        sft_repeat=(("borderline", 2),),  # the contrast examples, twice
-        dpo_learning_rate=1e-4,
-        dpo_loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
-        dpo_loss_weights=(1.0, 1.0),
-        # up to two passes over the 72 pairs (72 steps), a checkpoint every 12, stopping at the
-        # first the over-refusal rule accepts on validation (else the least over-refusing). With
-        # a fixed 36 steps one training seed ended at 59% / 12% / 12% of red-team / borderline /
-        # helpful validation prompts refused and another at 74% / 40% / 17%; chosen this way,
-        # 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72). Every 12 rather than 24: one
-        # demo's SFT adapter was within the rule at step 12 already (60% / 14% / 10%, against
-        # 57% / 12% / 10% at step 24), in one validation pass; the next demo's missed it at step
-        # 12 (18% borderline) and stopped at step 24
-        # (benchmarks/results/cpu_training_sweep.jsonl)
-        dpo_epochs=2.0,
-        dpo_select_every=12,
-        reward_steps=20,
-        ppo_steps=4,
+        sft=SFT(
+            learning_rate=3e-4,
+            # 290 steps. One epoch (362) refused more and over-refused more before DPO (81% / 49% /
+            # 23%), and DPO from it stopped at step 60 at the same point as from 0.8 epochs (60% /
+            # 13% / 8%), with about 6 minutes more of training and validation passes
+            epochs=0.8,
+            lr_scheduler="constant_with_warmup",  # linear decay: the refusals never formed (README)
+            warmup=0.05,
+            repeat=(("borderline", 2),),  # the contrast examples, twice
+        ),
+        dpo=DPO(
+            learning_rate=1e-4,
+            loss_types=("sigmoid", "sft"),  # the NLL term keeps what SFT taught
+            loss_weights=(1.0, 1.0),
+            # up to two passes over the 72 pairs (72 steps), a checkpoint every 12, stopping at
+            # the first the over-refusal rule accepts on validation (else the least over-refusing).
+            # With a fixed 36 steps one training seed ended at 59% / 12% / 12% of red-team /
+            # borderline / helpful validation prompts refused and another at 74% / 40% / 17%;
+            # chosen this way, 58% / 12% / 12% (step 24) and 60% / 18% / 7% (step 72). Every 12
+            # rather than 24: one demo's SFT adapter was within the rule at step 12 already (60% /
+            # 14% / 10%, against 57% / 12% / 10% at step 24), in one validation pass; the next
+            # demo's missed it at step 12 (18% borderline) and stopped at step 24
+            # (benchmarks/results/cpu_training_sweep.jsonl)
+            epochs=2.0,
+            select_every=12,
+        ),
+        reward=Reward(steps=20),
+        ppo=PPO(steps=4),
+        grpo=GRPO(steps=4),
         rl=False,  # they would take `make demo` past 20 minutes; notebook 06 trains them
         eval_prompts=0,  # every held-out prompt: 110 red-team, 64 borderline, 65 helpful
         eval_max_new_tokens=48,
@@ -122,20 +127,17 @@ PROFILES: dict[str, Profile] = {
         lora_r=16,
         lora_alpha=32,
         lora_target_modules=_GPU_TARGETS,
-        # the alignment handbook's QLoRA recipes (zephyr-7b-beta): SFT 2e-4, DPO 5e-6
-        sft_learning_rate=2e-4,
-        dpo_learning_rate=5e-6,
-        reward_learning_rate=5e-5,
-        ppo_learning_rate=1e-5,
         per_device_batch_size=4,
         gradient_accumulation_steps=4,
         max_length=768,
-        # passes over the data, so the steps follow the files (the issue of sizes: a fixed 200
-        # SFT steps meant ~14 passes over the shipped SFT data)
-        sft_epochs=2.0,
-        dpo_epochs=1.0,
-        reward_epochs=1.0,
-        ppo_epochs=2.0,
+        # the alignment handbook's QLoRA recipes (zephyr-7b-beta): SFT 2e-4, DPO 5e-6. Passes
+        # over the data, so the steps follow the files (the issue of sizes: a fixed 200 SFT steps
+        # meant ~14 passes over the shipped SFT data)
+        sft=SFT(learning_rate=2e-4, epochs=2.0),
+        dpo=DPO(learning_rate=5e-6, epochs=1.0),
+        reward=Reward(learning_rate=5e-5, epochs=1.0),
+        ppo=PPO(learning_rate=1e-5, epochs=2.0),
+        grpo=GRPO(learning_rate=1e-5, epochs=2.0),
         gradient_checkpointing=True,
         eval_prompts=0,  # every held-out prompt
         eval_max_new_tokens=256,
@@ -168,17 +170,14 @@ PROFILES: dict[str, Profile] = {
         lora_r=32,
         lora_alpha=64,
         lora_target_modules=_GPU_TARGETS,
-        sft_learning_rate=1e-4,
-        dpo_learning_rate=5e-6,
-        reward_learning_rate=5e-5,
-        ppo_learning_rate=5e-6,
         per_device_batch_size=8,
         gradient_accumulation_steps=4,
         max_length=1024,
-        sft_epochs=3.0,
-        dpo_epochs=2.0,
-        reward_epochs=2.0,
-        ppo_epochs=4.0,
+        sft=SFT(learning_rate=1e-4, epochs=3.0),
+        dpo=DPO(learning_rate=5e-6, epochs=2.0),
+        reward=Reward(learning_rate=5e-5, epochs=2.0),
+        ppo=PPO(learning_rate=5e-6, epochs=4.0),
+        grpo=GRPO(learning_rate=5e-6, epochs=4.0),
         gradient_checkpointing=True,
         eval_prompts=0,
         eval_max_new_tokens=384,
@@ -192,7 +191,7 @@ PROFILES: dict[str, Profile] = {
 
 # Colab's free tier: the t4 recipe (same models, 4-bit, fp16, sampled pairs, PPO/GRPO) at sizes
 # that finish notebooks 00-07 within one session with margin: `python -m cai_utils plan
-# --profile t4-quick` estimates ~47 minutes on a T4 against ~200 for `t4` (estimates, not
+# --profile t4-quick` estimates ~49 minutes on a T4 against ~208 for `t4` (estimates, not
 # measurements: nobody here has a GPU). What shrinks: 200 training prompts, one revision round,
 # shorter answers, and capability tasks without MMLU's 57 subjects
 PROFILES["t4-quick"] = PROFILES["t4"].replace(

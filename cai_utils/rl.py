@@ -115,7 +115,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
                  held_out: float = 0.25, soft_labels: bool | None = None) -> TrainResult:
     """A scalar-head reward model on stage-2 pairs (RewardTrainer, LoRA with the head trained
     in full); reports pairwise accuracy on every 1/held_out-th pair, held out from training.
-    ``soft_labels`` (default: the profile's ``reward_soft_labels``) trains on the judge's
+    ``soft_labels`` (default: the profile's ``reward.soft_labels``) trains on the judge's
     P(chosen) with ``soft_bradley_terry`` instead of treating every label as certain."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -123,7 +123,7 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
 
     prof = get_profile(profile)
     data, out = Path(data), Path(out)
-    soft = prof.reward_soft_labels if soft_labels is None else soft_labels
+    soft = prof.reward.soft_labels if soft_labels is None else soft_labels
     records = load_records(data, "reward")
     if soft:
         records = soft_label_records(data, records)
@@ -138,8 +138,8 @@ def train_reward(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit:
     trainer = (soft_trainer_class() if soft else RewardTrainer)(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(RewardConfig, prof, out, max_steps or steps_for(
-                              len(training), prof.reward_epochs, prof.reward_steps, prof),
-                          prof.reward_learning_rate, max_length=prof.max_length),
+                              len(training), prof.reward.epochs, prof.reward.steps, prof),
+                          prof.reward.learning_rate, max_length=prof.max_length),
         train_dataset=Dataset.from_list(training),
         peft_config=None if init else lora_config(prof, "SEQ_CLS"))
     fp32_trainable(trainer).train()
@@ -229,11 +229,11 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
     ids = [tokenizer.apply_chat_template(i["messages"], add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"] for i in items]
     batch = prof.per_device_batch_size
-    steps = max_steps or steps_for(len(items), prof.ppo_epochs, prof.ppo_steps, prof)
-    config = trainer_args(PPOConfig, prof, out, steps, prof.ppo_learning_rate,
+    steps = max_steps or steps_for(len(items), prof.ppo.epochs, prof.ppo.steps, prof)
+    config = trainer_args(PPOConfig, prof, out, steps, prof.ppo.learning_rate,
                           total_episodes=ppo_episodes(steps, prof),
                           num_ppo_epochs=1, num_mini_batches=1,
-                          response_length=prof.max_new_tokens, kl_coef=prof.ppo_kl_coef,
+                          response_length=prof.max_new_tokens, kl_coef=prof.ppo.kl_coef,
                           missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0,
                           local_rollout_forward_batch_size=batch)
     start = time.perf_counter()
@@ -249,27 +249,30 @@ def train_ppo(prompts, out, reward, init=None, model: str | None = None,
     metrics["value_params_changed"] = sum(  # the critic learnt: tensors that moved in training
         not (v.detach() == value_before[k]).all() for k, v in value.named_parameters() if k in value_before)
     return finish(trainer, "ppo", out, prof, name, prompts, init, start, metrics,
-                  reward=str(reward), kl_coef=prof.ppo_kl_coef)
+                  reward=str(reward), kl_coef=prof.ppo.kl_coef)
 
 
-def grpo_config(profile: Profile, out: Path, steps: int, num_generations: int = 2):
-    """GRPOConfig with a batch that holds whole groups of ``num_generations`` samples. The
+def grpo_config(profile: Profile, out: Path, steps: int, num_generations: int | None = None):
+    """GRPOConfig with a batch that holds whole groups of ``num_generations`` samples (default:
+    the profile's ``grpo.num_generations``). The
     batch goes to the constructor: GRPOConfig derives its generation batch from it in
     ``__post_init__``, so setting it afterwards leaves the derived sizes stale."""
     from trl import GRPOConfig
 
+    num_generations = num_generations or profile.grpo.num_generations
     batch = max(num_generations, profile.per_device_batch_size // num_generations * num_generations)
     return trainer_args(GRPOConfig, profile.replace(per_device_batch_size=batch), out, steps,
-                        profile.ppo_learning_rate, num_generations=num_generations,
-                        max_completion_length=profile.max_new_tokens, beta=profile.ppo_kl_coef)
+                        profile.grpo.learning_rate, num_generations=num_generations,
+                        max_completion_length=profile.max_new_tokens, beta=profile.grpo.kl_coef)
 
 
 @writes_to("out")
 def train_grpo(prompts, out, reward, init=None, model: str | None = None,
                max_steps: int | None = None, profile: str | Profile | None = None,
-               num_generations: int = 2) -> TrainResult:
+               num_generations: int | None = None) -> TrainResult:
     """GRPO from core TRL with the same reward model: no value model, the baseline is the mean
-    reward of a group of samples for the same prompt."""
+    reward of a group of ``num_generations`` samples for the same prompt (default: the
+    profile's ``grpo.num_generations``); the profile's ``grpo`` section holds its settings."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -280,7 +283,8 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
     items = load_prompts(prompts)
     reward_model, reward_tokenizer = load_reward_model(reward, prof)
     name, policy, tokenizer = _policy(init, model, prof)
-    steps = max_steps or steps_for(len(items) * num_generations, prof.ppo_epochs, prof.ppo_steps, prof)
+    num_generations = num_generations or prof.grpo.num_generations
+    steps = max_steps or steps_for(len(items) * num_generations, prof.grpo.epochs, prof.grpo.steps, prof)
     config = grpo_config(prof, out, steps, num_generations)
     start = time.perf_counter()
     trainer = GRPOTrainer(model=policy, reward_funcs=reward_model, args=config,
@@ -291,4 +295,4 @@ def train_grpo(prompts, out, reward, init=None, model: str | None = None,
     stats = [e for e in trainer.state.log_history if "reward" in e]
     metrics = {"last_mean_reward": stats[-1]["reward"]} if stats else {}
     return finish(trainer, "grpo", out, prof, name, prompts, init, start, metrics,
-                  reward=str(reward), beta=prof.ppo_kl_coef)
+                  reward=str(reward), beta=prof.grpo.kl_coef)

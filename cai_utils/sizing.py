@@ -111,7 +111,7 @@ def _counts(profile: Profile) -> dict[str, int]:
     from .pipeline import stage1_items
 
     items = stage1_items(profile)
-    repeat = dict(profile.sft_repeat)
+    repeat = dict(profile.sft.repeat)
     records = sum(repeat.get(i.get("set", ""), 1) for i in items)
     red = sum(i.get("set") == "red_team" for i in items)
     held = project_root() / "data" / "prompts"
@@ -163,22 +163,22 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
     batch = profile.per_device_batch_size * profile.gradient_accumulation_steps
     ckpt = profile.gradient_checkpointing
     for stage, n, epochs, fixed, seqs, ref in (
-            ("sft", c["records"], profile.sft_epochs, profile.sft_steps, 1, False),
-            ("dpo", pairs, profile.dpo_epochs, profile.dpo_steps, 2, True),
-            ("reward", pairs, profile.reward_epochs, profile.reward_steps, 2, False)):
+            ("sft", c["records"], profile.sft.epochs, profile.sft.steps, 1, False),
+            ("dpo", pairs, profile.dpo.epochs, profile.dpo.steps, 2, True),
+            ("reward", pairs, profile.reward.epochs, profile.reward.steps, 2, False)):
         if stage == "reward" and not profile.rl:
             continue
         steps = steps_for(n, epochs, fixed, profile)
         tokens = steps * batch * seqs * example
         work, s = f"{steps} steps x {batch} x {seqs} seq(s) x ~{example} tokens", 0.0
-        if stage == "dpo" and profile.dpo_select_every:  # each checkpoint answers the validation prompts
+        if stage == "dpo" and profile.dpo.select_every:  # each checkpoint answers the validation prompts
             from .checkpoint_select import checkpoint_steps
 
-            kept = len(checkpoint_steps(steps, profile.dpo_select_every))
+            kept = len(checkpoint_steps(steps, profile.dpo.select_every))
             n_val = c["val_red_team"] + c["val_borderline"] + c["val_helpful"]
             s = kept * decode_seconds(policy, device, n_val, profile.eval_max_new_tokens, profile.batch_size, wgb)
             work += f"; {kept} checkpoints x {n_val} validation prompts"
-            if profile.dpo_stop_early:  # the whole run is the most it can take
+            if profile.dpo.stop_early:  # the whole run is the most it can take
                 work = "up to " + work.replace("; ", "; up to ") + " (stops at the first within the rule)"
         rows.append({"stage": stage, "work": work,
                      "seconds": s + train_seconds(policy, device, tokens, ckpt, reference=ref),
@@ -187,7 +187,8 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
         # PPO holds three copies (policy, reward model, value model) and trains two; on a 4-bit
         # base the pipeline runs GRPO instead (no value model: one copy, scored by the reward model)
         grpo = profile.load_in_4bit
-        steps = steps_for(c["red_team"], profile.ppo_epochs, profile.ppo_steps, profile)
+        rl = profile.grpo if grpo else profile.ppo  # GRPO's batch counts samples: a group per prompt
+        steps = steps_for(c["red_team"] * (rl.num_generations if grpo else 1), rl.epochs, rl.steps, profile)
         s = steps * (decode_seconds(policy, device, batch, profile.max_new_tokens, batch, wgb)
                      + train_seconds(policy, device, (1 if grpo else 2) * batch * example, ckpt)
                      + prefill_seconds(policy, device, 2 * batch * example))  # reference and reward

@@ -201,23 +201,23 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
 
     prof = get_profile(profile)
     data, out = Path(data), Path(out)
-    records = load_records(data, "sft", dict(prof.sft_repeat))
+    records = load_records(data, "sft", dict(prof.sft.repeat))
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
     start = time.perf_counter()
     base, tokenizer = base_model(model, prof, four_bit)
-    steps = max_steps or steps_for(len(records), prof.sft_epochs, prof.sft_steps, prof)
+    steps = max_steps or steps_for(len(records), prof.sft.epochs, prof.sft.steps, prof)
     trainer = SFTTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
-        args=trainer_args(SFTConfig, prof, out, steps, prof.sft_learning_rate,
-                          max_length=prof.max_length, lr_scheduler_type=prof.sft_lr_scheduler,
-                          warmup_steps=prof.sft_warmup),
+        args=trainer_args(SFTConfig, prof, out, steps, prof.sft.learning_rate,
+                          max_length=prof.max_length, lr_scheduler_type=prof.sft.lr_scheduler,
+                          warmup_steps=prof.sft.warmup),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof))
     fp32_trainable(trainer).train()
     return finish(trainer, "sft", out, prof, model, data, init, start, load_in_4bit=four_bit,
-                  records=len(records), learning_rate=prof.sft_learning_rate,
-                  lr_scheduler=prof.sft_lr_scheduler, warmup=prof.sft_warmup,
-                  repeats=dict(prof.sft_repeat))
+                  records=len(records), learning_rate=prof.sft.learning_rate,
+                  lr_scheduler=prof.sft.lr_scheduler, warmup=prof.sft.warmup,
+                  repeats=dict(prof.sft.repeat))
 
 
 @writes_to("out")
@@ -235,15 +235,15 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     four_bit = prof.load_in_4bit if load_in_4bit is None else load_in_4bit
     start = time.perf_counter()
     base, tokenizer = base_model(model, prof, four_bit)
-    steps = max_steps or steps_for(len(records), prof.dpo_epochs, prof.dpo_steps, prof)
+    steps = max_steps or steps_for(len(records), prof.dpo.epochs, prof.dpo.steps, prof)
     # early stopping on the validation prompts: checkpoints, one kept (checkpoint_select)
-    callbacks = snapshots(out, steps, model, init, prof) if prof.dpo_select_every else []
+    callbacks = snapshots(out, steps, model, init, prof) if prof.dpo.select_every else []
     trainer = DPOTrainer(
         model=with_adapter(base, init), processing_class=tokenizer,
         args=trainer_args(DPOConfig, prof, out, steps,
-                          prof.dpo_learning_rate, beta=prof.dpo_beta, max_length=prof.max_length,
-                          loss_type=list(prof.dpo_loss_types),
-                          loss_weights=list(prof.dpo_loss_weights) if prof.dpo_loss_weights else None),
+                          prof.dpo.learning_rate, beta=prof.dpo.beta, max_length=prof.max_length,
+                          loss_type=list(prof.dpo.loss_types),
+                          loss_weights=list(prof.dpo.loss_weights) if prof.dpo.loss_weights else None),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof), callbacks=callbacks)
     fp32_trainable(trainer).train()
@@ -253,6 +253,6 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     if callbacks:
         metrics.update(keep_chosen(trainer, out, prof))
     return finish(trainer, "dpo", out, prof, model, data, init, start, metrics,
-                  load_in_4bit=four_bit, beta=prof.dpo_beta, records=len(records),
-                  learning_rate=prof.dpo_learning_rate, loss_type=list(prof.dpo_loss_types),
-                  loss_weights=prof.dpo_loss_weights)
+                  load_in_4bit=four_bit, beta=prof.dpo.beta, records=len(records),
+                  learning_rate=prof.dpo.learning_rate, loss_type=list(prof.dpo.loss_types),
+                  loss_weights=prof.dpo.loss_weights)

@@ -79,8 +79,8 @@ def test_train_passes_its_seed_and_the_dpo_checkpoint_interval(monkeypatch, tmp_
     monkeypatch.setattr(training, "train_dpo", lambda *a, profile, **kw: seen.update(p=profile) or result)
     argv = ["train", "dpo", "--data", str(data), "--out", str(tmp_path / "o"), "--profile", "ci"]
     assert cli.main([*argv, "--seed", "3", "--select-every", "12"]) == 0
-    assert (seen["p"].train_seed, seen["p"].dpo_select_every) == (3, 12)
-    assert cli.main([*argv, "--select-every", "0"]) == 0 and seen["p"].dpo_select_every is None
+    assert (seen["p"].train_seed, seen["p"].dpo.select_every) == (3, 12)
+    assert cli.main([*argv, "--select-every", "0"]) == 0 and seen["p"].dpo.select_every is None
     argv[1] = "sft"  # the interval belongs to DPO: a one-line error, nothing trained
     assert cli.main([*argv, "--select-every", "12"]) != 0
 

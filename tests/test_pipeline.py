@@ -13,8 +13,8 @@ from cai_utils.pipeline import run_pipeline, stage_table
 from cai_utils.profiles import get_profile
 
 # the ci profile with the shortest training and evaluation that still runs every code path
-TINY = get_profile("ci").replace(sft_steps=1, dpo_steps=1, reward_steps=1, ppo_steps=1,
-                                 eval_prompts=2, lm_eval_limit=4)
+TINY = get_profile("ci").replace(sft={"steps": 1}, dpo={"steps": 1}, reward={"steps": 1},
+                                 ppo={"steps": 1}, grpo={"steps": 1}, eval_prompts=2, lm_eval_limit=4)
 CONSTITUTION = "constitutions/harmless-general.yaml"
 
 

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from cai_utils.pairs import PAIR_TACTICS
+from cai_utils.profile_schema import STAGES
 from cai_utils.profiles import PROFILES, get_profile
 
 
@@ -17,7 +18,7 @@ def test_five_profiles_with_distinct_sizes():
 
     def seen(p, n=300):  # SFT examples seen on n records: passes or fixed steps, times the batch
         prof = PROFILES[p]
-        return steps_for(n, prof.sft_epochs, prof.sft_steps, prof) * prof.per_device_batch_size * prof.gradient_accumulation_steps
+        return steps_for(n, prof.sft.epochs, prof.sft.steps, prof) * prof.per_device_batch_size * prof.gradient_accumulation_steps
     assert seen("ci") < seen("cpu") < seen("t4") <= seen("a100")
 
 
@@ -27,15 +28,20 @@ def test_every_profile_is_complete(name):
     assert profile.name == name
     for field in dataclasses.fields(profile):
         if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs",
-                              "sft_epochs", "dpo_epochs", "reward_epochs", "ppo_epochs", "n_red_team", "n_helpful", "n_borderline",
-                              "dpo_loss_weights", "guard_model", "dpo_select_every"):
+                              "n_red_team", "n_helpful", "n_borderline", "guard_model"):
             assert getattr(profile, field.name) is not None, field.name
+    for stage in STAGES:  # each trainer's section: every setting but the optional ones
+        section = getattr(profile, stage)
+        assert type(section).__name__.lower() == stage
+        for field in dataclasses.fields(section):
+            if field.name not in ("epochs", "loss_weights", "select_every"):
+                assert getattr(section, field.name) is not None, (stage, field.name)
     assert profile.candidate_mode in ("mix", "revision", "samples")
     assert profile.label_source in ("judge", "rule")
     assert profile.pair_tactics in PAIR_TACTICS
     assert profile.critic == "course" or profile.critic == "self" or "/" in profile.critic
     # DPO moves the policy far more per step than SFT: its learning rate is lower
-    assert profile.dpo_learning_rate < profile.sft_learning_rate
+    assert profile.dpo.learning_rate < profile.sft.learning_rate
     assert profile.judge_mode in ("sampled", "all")
     assert profile.dtype in ("float32", "float16", "bfloat16")
 
@@ -95,8 +101,8 @@ def test_gpu_profiles_size_training_in_passes_over_the_shipped_data(name, root):
     prompts = root / "data" / "prompts"
     n_sft = sum(len(load_prompts(prompts / f"{s}_train.jsonl")) for s in ("red_team", "helpful", "borderline"))
     per_step = prof.per_device_batch_size * prof.gradient_accumulation_steps
-    for epochs, fixed in ((prof.sft_epochs, prof.sft_steps), (prof.dpo_epochs, prof.dpo_steps),
-                          (prof.reward_epochs, prof.reward_steps), (prof.ppo_epochs, prof.ppo_steps)):
+    for epochs, fixed in ((prof.sft.epochs, prof.sft.steps), (prof.dpo.epochs, prof.dpo.steps),
+                          (prof.reward.epochs, prof.reward.steps), (prof.ppo.epochs, prof.ppo.steps)):
         passes = steps_for(n_sft, epochs, fixed, prof) * per_step / n_sft
         assert passes <= 4.5, (name, passes)
     sizes = [(prof.n_red_team, "red_team"), (prof.n_helpful, "helpful"), (prof.n_borderline, "borderline")]
@@ -158,7 +164,7 @@ def test_a_cpu_stand_in_takes_every_branch_of_its_gpu_profile_at_ci_sizes(gpu):
     assert f"{gpu}-cpu" in profile_names() and stand.name == f"{gpu}-cpu"
     assert all(getattr(stand, f) == getattr(real, f) for f in BRANCH_FIELDS)
     assert stand.policy_model == "default" and stand.dtype == "float32"
-    assert (stand.n_red_team, stand.sft_steps, stand.eval_prompts) == (ci.n_red_team, ci.sft_steps, ci.eval_prompts)
+    assert (stand.n_red_team, stand.sft.steps, stand.eval_prompts) == (ci.n_red_team, ci.sft.steps, ci.eval_prompts)
     assert not stand.guard_model and not stand.xstest  # no hub here
     # the branches that differ from ci are really taken
     assert stand.candidate_mode == "samples" != ci.candidate_mode and stand.label_source == "judge"

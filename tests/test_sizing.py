@@ -45,8 +45,8 @@ def test_the_plan_follows_the_profile():
     from cai_utils.training import steps_for
 
     records = sizing._counts(cpu)["records"]  # every training prompt, borderline ones twice
-    assert rows["sft"]["work"].startswith(f"{steps_for(records, cpu.sft_epochs, cpu.sft_steps, cpu)} steps x 2 ")
-    twice = {r["stage"]: r for r in sizing.plan(cpu.replace(sft_epochs=2 * cpu.sft_epochs), sizing.DEVICES["cpu"])}
+    assert rows["sft"]["work"].startswith(f"{steps_for(records, cpu.sft.epochs, cpu.sft.steps, cpu)} steps x 2 ")
+    twice = {r["stage"]: r for r in sizing.plan(cpu.replace(sft={"epochs": 2 * cpu.sft.epochs}), sizing.DEVICES["cpu"])}
     assert twice["sft"]["seconds"] == pytest.approx(2 * rows["sft"]["seconds"], rel=0.01)
     self_critic = {r["stage"]: r for r in sizing.plan(cpu.replace(critic="self"), sizing.DEVICES["cpu"])}
     assert self_critic["critique"]["seconds"] > 20 * rows["critique"]["seconds"]  # the course critic is copied

@@ -130,7 +130,7 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
     monkeypatch.setattr(checkpoint_select, "pick", lambda rows, limit=0.15: rows[0])
     out = tmp_path / "dpo"
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2,
-                                profile=PROFILE.replace(dpo_select_every=1, dpo_stop_early=False))
+                                profile=PROFILE.replace(dpo={"select_every": 1, "stop_early": False}))
     selection = json.loads((out / "checkpoints" / "selection.json").read_text())
     assert [r["step"] for r in selection["rows"]] == [1, 2] and selection["split"] == "val"
     assert selection["stopped_at"] is None  # trained to the end
@@ -160,7 +160,7 @@ def test_dpo_stops_at_the_first_checkpoint_within_the_rule(tmp_path, pref_data, 
     out = tmp_path / "dpo"
     (out / "checkpoints" / "step-0002").mkdir(parents=True)  # left over from a crashed run
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=3,
-                                profile=PROFILE.replace(dpo_select_every=1))
+                                profile=PROFILE.replace(dpo={"select_every": 1}))
     assert result.steps == 1 and result.metrics["selected_step"] == 1
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0001"]
     assert json.loads((out / "checkpoints" / "selection.json").read_text())["stopped_at"] == 1
@@ -222,7 +222,7 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     hand = write(tmp_path / "hand.jsonl", [
         {"id": f"h{i}", "prompt": "How do I hotwire a car?", "preferred": "I can't help with that.",
          "other": f"Strip the ignition wires ({i})."} for i in range(4)])
-    one_step = PROFILE.replace(reward_steps=1)
+    one_step = PROFILE.replace(reward={"steps": 1})
     result = compare_labels(prefs, tmp_path / "cmp", profile=one_step, pairs=hand)
     assert {"rule", "judge", "soft", "soft_vs_judge", "judge_vs_rule"} <= set(result)
     assert all(result[arm]["n"] == 4 and 0 <= result[arm]["share"] <= 1 for arm in ("rule", "judge", "soft"))
@@ -235,7 +235,7 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     assert (tmp_path / "cmp" / "reward-soft" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert again["soft"]["correct"] == result["soft"]["correct"]
     # the same labels file trains both kinds: a model of the other kind is not current (a run with
-    # reward_soft_labels flipped retrains instead of reusing it)
+    # reward.soft_labels flipped retrains instead of reusing it)
     judged_file = tmp_path / "cmp" / "judge_labels.jsonl"
     for arm, soft in (("soft", True), ("judge", False)):
         assert rl.reward_is_current(tmp_path / "cmp" / f"reward-{arm}", judged_file, soft)
@@ -316,9 +316,9 @@ def test_the_sft_mix_repeats_a_set_before_the_records_lose_their_set(tmp_path):
     assert len(mixed) == 8 and set(mixed[0]) == {"prompt", "completion"}
     # the cpu profile's mix reaches the trainer: its step count follows the repeated records
     cpu = get_profile("cpu")
-    assert dict(cpu.sft_repeat) == {"borderline": 2}
-    assert training.steps_for(len(training.load_records(data, "sft", dict(cpu.sft_repeat))),
-                              cpu.sft_epochs, cpu.sft_steps, cpu) == 4
+    assert dict(cpu.sft.repeat) == {"borderline": 2}
+    assert training.steps_for(len(training.load_records(data, "sft", dict(cpu.sft.repeat))),
+                              cpu.sft.epochs, cpu.sft.steps, cpu) == 4
 
 
 def test_gradient_checkpointing_off_without_cuda(tmp_path):
@@ -442,7 +442,7 @@ def test_the_profile_sft_schedule_reaches_the_trainer(tmp_path, sft_data):
     halves the average rate of a short run): the schedule must reach TRL, and be recorded."""
     rates = {}
     for schedule in ("linear", "constant_with_warmup"):
-        prof = PROFILE.replace(sft_lr_scheduler=schedule, sft_warmup=0.0, sft_learning_rate=1e-4)
+        prof = PROFILE.replace(sft={"lr_scheduler": schedule, "warmup": 0.0, "learning_rate": 1e-4})
         result = training.train_sft(sft_data, tmp_path / schedule, max_steps=3, profile=prof)
         rates[schedule] = [e["learning_rate"] for e in result.log if "learning_rate" in e]
         config = json.loads((tmp_path / schedule / "train_config.json").read_text())
