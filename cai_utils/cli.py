@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_profile = argparse.ArgumentParser(add_help=False)
     with_profile.add_argument("--profile", choices=profile_names(),
                               help=f"sizes and models ({', '.join(profile_names())}; default $CAI_PROFILE)")
+    with_profile.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                              help="change one profile setting for this command (repeatable): "
+                                   "--set max_length=512 --set dpo.beta=0.3 --set sft.learning_rate=1e-4; "
+                                   "every name is in cai_utils/profile_schema.py")
 
     p = sub.add_parser("info", parents=[with_profile], help="profile, device, package versions, and whether the "
                                     "default model loads")
@@ -137,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelNotFoundError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "settings", None):  # --set: the named profile with those settings changed
+        from .profile_schema import with_settings
+
+        try:
+            args.profile = with_settings(get_profile(args.profile), args.settings)
+        except ValueError as err:
+            return _err(str(err))
     try:
         return args.func(args)
     except (ConstitutionError, DataError, ModelNotFoundError) as err:

@@ -225,3 +225,69 @@ class Profile:
             if isinstance(changes.get(stage), dict):
                 changes[stage] = getattr(self, stage).replace(**changes[stage])
         return dataclasses.replace(self, **changes)
+
+
+_KINDS = {"bool": bool, "int": int, "float": float, "str": str, "tuple": tuple}
+
+
+def _setting(profile: Profile, key: str):
+    """``(section, field)`` for ``max_length`` or ``dpo.beta``; a one-line error for any other."""
+    stage, dot, name = key.rpartition(".")
+    if dot and stage not in STAGES:
+        raise ValueError(f"unknown profile section {stage!r} in {key!r}: choose one of {', '.join(STAGES)}")
+    section = getattr(profile, stage) if dot else profile
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if name not in fields or (not dot and name in STAGES):
+        where = f"the {stage} section" if dot else "a profile"
+        raise ValueError(f"{where} has no setting {name!r} (the settings: cai_utils/profile_schema.py)")
+    return section, fields[name]
+
+
+def _parse(raw: str, annotation: str, key: str):
+    """``raw`` as the kind of value the field's annotation allows (None, bool, int, float, str,
+    tuple); a one-line error when it is none of them."""
+    import ast
+    import re
+
+    allowed = {k for k in re.sub(r"\[.*\]", "", annotation).replace(" ", "").split("|")}
+    if "None" in allowed and raw in ("None", "none"):
+        return None
+    if "bool" in allowed and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if isinstance(value, list):  # lists in, tuples kept (the profile is frozen and hashable)
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in allowed and "int" not in allowed:
+        value = float(value)
+    if any(isinstance(value, _KINDS[k]) and not (k != "bool" and isinstance(value, bool))
+           for k in allowed if k in _KINDS):
+        return value
+    if "str" in allowed:
+        return raw
+    raise ValueError(f"{key}={raw!r}: expected {annotation}")
+
+
+def with_settings(profile: Profile, assignments: list[str]) -> Profile:
+    """The profile with ``KEY=VALUE`` assignments applied (the CLI's ``--set``): a top-level
+    setting by its name, a trainer's by section and name. Unknown names and values of the
+    wrong kind are one-line errors.
+
+    >>> p = Profile(name="x", description="", hardware="", memory="")
+    >>> q = with_settings(p, ["dpo.beta=0.3", "sft.epochs=1", "n_red_team=None", "lora_target_modules=all-linear"])
+    >>> (q.dpo.beta, q.sft.epochs, q.n_red_team, q.lora_target_modules, q.dpo.learning_rate == p.dpo.learning_rate)
+    (0.3, 1.0, None, 'all-linear', True)
+    """
+    top, sections = {}, {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {assignment!r}: write KEY=VALUE, e.g. dpo.beta=0.3")
+        _, field_ = _setting(profile, key)
+        value = _parse(raw, str(field_.type), key)
+        stage, dot, name = key.rpartition(".")
+        (sections.setdefault(stage, {}) if dot else top)[name] = value
+    return profile.replace(**top, **sections)

@@ -98,3 +98,35 @@ def test_calibrate_takes_the_profiles_share_of_hand_labelled_pairs(monkeypatch, 
         assert cli.main(["calibrate", "--constitution", general, "--profile", "ci", *extra]) == 0
     total = len(judge.load_calibration(root / "data" / "calibration" / "pairs.jsonl", cons.load(general)))
     assert seen == [12, 5, total] and total > 12  # the ci profile's calibration_pairs is 12
+
+
+def test_set_changes_the_profile_a_command_runs_with(capsys):
+    from cai_utils import cli
+
+    def sft_row(argv):
+        assert cli.main(argv) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| sft "))
+
+    plain = sft_row(["plan", "--profile", "cpu"])
+    doubled = sft_row(["plan", "--profile", "cpu", "--set", "sft.epochs=1.6", "--set", "max_length=384"])
+    steps = lambda row: int(row.split("|")[2].split()[0])  # noqa: E731  "| sft | 290 steps x ..."
+    assert steps(doubled) in (2 * steps(plain) - 1, 2 * steps(plain), 2 * steps(plain) + 1)
+    assert cli.main(["plan", "--profile", "cpu", "--set", "dpo.betaa=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "the dpo section has no setting 'betaa' (the settings: cai_utils/profile_schema.py)"
+
+
+def test_train_passes_set_to_the_trainer(monkeypatch, tmp_path):
+    from cai_utils import cli, training
+
+    data = tmp_path / "prefs.jsonl"
+    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    data.write_text(json.dumps({"id": "p", "prompt": [{"role": "user", "content": "hi"}],
+                                "chosen": turn("Hello!"), "rejected": turn("No.")}) + "\n")
+    seen = {}
+    result = training.TrainResult("dpo", tmp_path, 2, 1.0, 1, 2, [], {})
+    monkeypatch.setattr(training, "train_dpo", lambda *a, profile, **kw: seen.update(p=profile) or result)
+    assert cli.main(["train", "dpo", "--data", str(data), "--out", str(tmp_path / "o"), "--profile", "ci",
+                     "--set", "dpo.beta=0.3", "--set", "dpo.learning_rate=1e-6", "--seed", "2"]) == 0
+    assert (seen["p"].dpo.beta, seen["p"].dpo.learning_rate, seen["p"].train_seed) == (0.3, 1e-6, 2)
+    assert seen["p"].name == "ci" and seen["p"].sft == training.get_profile("ci").sft

@@ -170,3 +170,42 @@ def test_a_cpu_stand_in_takes_every_branch_of_its_gpu_profile_at_ci_sizes(gpu):
     assert stand.candidate_mode == "samples" != ci.candidate_mode and stand.label_source == "judge"
     assert stand.critic == "self" and stand.rounds > 1 and stand.lora_target_modules == "all-linear"
     assert stand.load_in_4bit == (gpu == "t4")
+
+
+def test_stage_sections_change_one_setting_and_keep_the_rest():
+    cpu = PROFILES["cpu"]
+    changed = cpu.replace(dpo={"beta": 0.3}, max_length=512)
+    assert (changed.dpo.beta, changed.max_length) == (0.3, 512)
+    assert changed.dpo.replace(beta=cpu.dpo.beta) == cpu.dpo and changed.sft == cpu.sft
+    with pytest.raises(ValueError, match="unknown DPO setting"):
+        cpu.replace(dpo={"betta": 0.3})
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("dpo.betaa=1", "the dpo section has no setting 'betaa'"),
+    ("foo.beta=1", "unknown profile section 'foo'"),
+    ("max_length=abc", "max_length='abc': expected int"),
+    ("eval_prompts=0.5", "expected int"),
+    ("rl=maybe", "expected bool"),
+    ("sft=1", "a profile has no setting 'sft'"),
+    ("dpo.beta", "write KEY=VALUE"),
+])
+def test_set_names_the_bad_setting_in_one_line(assignment, message):
+    from cai_utils.profile_schema import with_settings
+
+    with pytest.raises(ValueError, match=message) as info:
+        with_settings(PROFILES["cpu"], [assignment])
+    assert "\n" not in str(info.value)
+
+
+def test_set_parses_each_kind_of_value():
+    from cai_utils.profile_schema import with_settings
+
+    cpu = PROFILES["cpu"]
+    got = with_settings(cpu, ["rl=true", "sft.repeat=[['helpful', 2]]", "dpo.loss_types=['sigmoid']",
+                              "dpo.select_every=None", "critic=self", "sft.learning_rate=1e-4", "reward.epochs=2"])
+    assert got.rl is True and got.sft.repeat == (("helpful", 2),) and got.dpo.loss_types == ("sigmoid",)
+    assert got.dpo.select_every is None and got.critic == "self" and got.sft.learning_rate == 1e-4
+    assert got.reward.epochs == 2.0 and isinstance(got.reward.epochs, float)
+    assert got.sft.epochs == cpu.sft.epochs and got.dpo.learning_rate == cpu.dpo.learning_rate  # the rest kept
+    hash(got)  # still frozen and hashable
