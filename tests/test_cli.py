@@ -67,13 +67,19 @@ def test_ablate_passes_its_seed(monkeypatch):
     assert seen["seed"] == 3
 
 
-def test_train_passes_its_seed_and_the_dpo_checkpoint_interval(monkeypatch, tmp_path):
-    from cai_utils import cli, training
-
-    data = tmp_path / "prefs.jsonl"
+def one_pair(folder) -> "Path":
+    """A preference file of one pair, for commands whose trainer the test replaces."""
+    data = folder / "prefs.jsonl"
     turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
     data.write_text(json.dumps({"id": "p", "prompt": [{"role": "user", "content": "hi"}],
                                 "chosen": turn("Hello!"), "rejected": turn("No.")}) + "\n")
+    return data
+
+
+def test_train_passes_its_seed_and_the_dpo_checkpoint_interval(monkeypatch, tmp_path):
+    from cai_utils import cli, training
+
+    data = one_pair(tmp_path)
     seen = {}
     result = training.TrainResult("dpo", tmp_path, 2, 1.0, 1, 2, [], {"selected_step": 1})
     monkeypatch.setattr(training, "train_dpo", lambda *a, profile, **kw: seen.update(p=profile) or result)
@@ -119,10 +125,7 @@ def test_set_changes_the_profile_a_command_runs_with(capsys):
 def test_train_passes_set_to_the_trainer(monkeypatch, tmp_path):
     from cai_utils import cli, training
 
-    data = tmp_path / "prefs.jsonl"
-    turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    data.write_text(json.dumps({"id": "p", "prompt": [{"role": "user", "content": "hi"}],
-                                "chosen": turn("Hello!"), "rejected": turn("No.")}) + "\n")
+    data = one_pair(tmp_path)
     seen = {}
     result = training.TrainResult("dpo", tmp_path, 2, 1.0, 1, 2, [], {})
     monkeypatch.setattr(training, "train_dpo", lambda *a, profile, **kw: seen.update(p=profile) or result)
