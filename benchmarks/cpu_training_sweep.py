@@ -197,6 +197,7 @@ def main() -> None:
                          loss_types=("sigmoid", "sft") if spec.get("sft") else ("sigmoid",),
                          loss_weights=(1.0, spec["sft"]) if spec.get("sft") else None,
                          select_every=int(spec["every"]) if "every" in spec else None,
+                         completion_tokens=int(spec["window"]) if "window" in spec else None,
                          stop_early=bool(spec.get("stop", 1))))
         if not is_done(folder):
             r = train_dpo(prefs, folder, init=init, profile=p)

@@ -55,6 +55,9 @@ class DPO(_Section):
     # does), which keeps what SFT taught while the preference term moves the balance
     loss_types: tuple[str, ...] = ("sigmoid",)
     loss_weights: tuple[float, ...] | None = None
+    # compare only each answer's first this many tokens, where an answer refuses or complies
+    # (``None``: whole answers)
+    completion_tokens: int | None = None
     # early stopping on the validation split: save the adapter every this many steps, answer
     # the validation prompts with each, keep the one the course's rule picks
     # (checkpoint_select; None: keep the last step)

@@ -220,6 +220,19 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
                   repeats=dict(prof.sft.repeat))
 
 
+
+def first_tokens(dataset, n: int):
+    """A tokenised preference set with each answer cut to its first ``n`` tokens (no end token
+    added), so the preference falls on the opening where a reply refuses or complies.
+
+    >>> from datasets import Dataset
+    >>> d = Dataset.from_list([{"prompt_ids": [1], "chosen_ids": [2, 3, 4], "rejected_ids": [5]}])
+    >>> first_tokens(d, 2)[0]
+    {'prompt_ids': [1], 'chosen_ids': [2, 3], 'rejected_ids': [5]}
+    """
+    return dataset.map(lambda e: {"chosen_ids": e["chosen_ids"][:n], "rejected_ids": e["rejected_ids"][:n]})
+
+
 @writes_to("out")
 def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool | None = None,
               max_steps: int | None = None, profile: str | Profile | None = None) -> TrainResult:
@@ -246,6 +259,8 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
                           loss_weights=list(prof.dpo.loss_weights) if prof.dpo.loss_weights else None),
         train_dataset=Dataset.from_list(records),
         peft_config=None if init else lora_config(prof), callbacks=callbacks)
+    if prof.dpo.completion_tokens:
+        trainer.train_dataset = first_tokens(trainer.train_dataset, prof.dpo.completion_tokens)
     fp32_trainable(trainer).train()
     rewards = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
     metrics = {"last_reward_accuracy": rewards[-1]["rewards/accuracies"],
@@ -255,4 +270,4 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     return finish(trainer, "dpo", out, prof, model, data, init, start, metrics,
                   load_in_4bit=four_bit, beta=prof.dpo.beta, records=len(records),
                   learning_rate=prof.dpo.learning_rate, loss_type=list(prof.dpo.loss_types),
-                  loss_weights=prof.dpo.loss_weights)
+                  loss_weights=prof.dpo.loss_weights, completion_tokens=prof.dpo.completion_tokens)

@@ -107,9 +107,23 @@ def test_qlora_sft_runs_on_cpu(tmp_path, sft_data):
 
 
 @pytest.mark.slow
-def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter):
+def test_dpo_from_the_sft_adapter(tmp_path, pref_data, sft_adapter, monkeypatch):
+    """DPO continues the SFT adapter; here it compares only each answer's first 3 tokens
+    (``dpo.completion_tokens``): the trainer's data holds no longer answer."""
+    seen = []
+
+    def spy(dataset, n):
+        cut = training_first_tokens(dataset, n)
+        seen.append(max(len(ids) for key in ("chosen_ids", "rejected_ids") for ids in cut[key]))
+        return cut
+
+    training_first_tokens = training.first_tokens
+    monkeypatch.setattr(training, "first_tokens", spy)
     out = tmp_path / "dpo"
-    result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2, profile=PROFILE)
+    result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2,
+                                profile=PROFILE.replace(dpo={"completion_tokens": 3}))
+    assert seen == [3]
+    assert json.loads((out / "train_config.json").read_text())["completion_tokens"] == 3
     # DPO continues the SFT adapter, whose B matrices are already non-zero: compare with the start
     assert result.steps == 2 and adapters.adapter_delta(out, sft_adapter[0]) > 0
     assert "last_reward_accuracy" in result.metrics
