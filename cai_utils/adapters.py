@@ -52,18 +52,43 @@ def weights_sha256(folder) -> str | None:
     return file_sha256(weights) if weights.is_file() else None
 
 
+# The profile's settings every trainer's result depends on, beside its own section
+# (``profile.sft``, ``profile.dpo``, ...): a rerun with other values trains again.
+SHARED_TRAINING = ("policy_model", "load_in_4bit", "dtype", "cpu_bf16", "lora_r", "lora_alpha",
+                   "lora_dropout", "lora_target_modules", "per_device_batch_size",
+                   "gradient_accumulation_steps", "max_length", "train_seed")
+
+
+def training_settings(profile, stage: str) -> dict:
+    """What a ``stage`` adapter (sft, dpo, reward, ppo, grpo) trained under ``profile`` is
+    trained with, as JSON values: the stage's section and the shared training settings.
+
+    >>> from cai_utils.profiles import get_profile
+    >>> s = training_settings(get_profile("cpu").replace(dpo={"beta": 0.3}), "dpo")
+    >>> s["dpo"]["beta"], s["lora_r"], "sft" in s
+    (0.3, 8, False)
+    """
+    import dataclasses
+
+    values = {name: getattr(profile, name) for name in (*SHARED_TRAINING, stage)}
+    return json.loads(json.dumps({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                  for k, v in values.items()}))
+
+
 def is_current(out: str | Path, data: str | Path | None, init: str | Path | None = None,
-               reward: str | Path | None = None) -> bool:
+               reward: str | Path | None = None, settings: dict | None = None) -> bool:
     """True when ``out`` holds a complete adapter trained on this very ``data`` file (any data
     when ``data`` is None) and, when given, from this very ``init`` adapter against this very
-    ``reward`` model: a retrained SFT model or new data makes DPO, the reward model and PPO
-    stale, and a pipeline retrains them."""
+    ``reward`` model, with these ``settings`` (``training_settings``): a retrained SFT model,
+    new data or a changed setting (``run --set dpo.beta=0.3``) makes the adapter stale, and a
+    pipeline retrains it. A folder trained before settings were recorded counts as current."""
     manifest = read_manifest(Path(out) / "adapter.jsonl")
     if not (manifest and manifest.get("complete")):
         return False
     return ((data is None or manifest.get("data_sha256") == file_sha256(data))
             and manifest.get("init_sha256") == weights_sha256(init)
-            and manifest.get("reward_sha256") == weights_sha256(reward))
+            and manifest.get("reward_sha256") == weights_sha256(reward)
+            and (settings is None or manifest.get("settings", settings) == settings))
 
 
 def adapter_delta(folder: str | Path, start: str | Path | None = None) -> float:

@@ -149,13 +149,16 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
 
     train_rl = rl.train_grpo if rl_stage == "grpo" else rl.train_ppo
 
+    def trained_with(stage: str) -> dict:  # a changed setting (run --set dpo.beta=...) retrains
+        return adapters.training_settings(prof, stage)
+
     def report_models() -> dict:  # called once the adapters exist (model_labels checks them)
         return report.model_labels(prof.policy_model, [paths["sft"], paths["dpo"]]
                                    + ([paths["ppo"]] if prof.rl else []))
 
     def rl_current(any_prompts: bool = False) -> bool:
         return adapters.is_current(paths["ppo"], None if any_prompts else rl_prompts, paths["sft"],
-                                   paths["reward"])
+                                   paths["reward"], settings=trained_with(rl_stage))
     steps = {
         "validate": (lambda: False, prompts_for_rl),
         "critique": (lambda: _same_constitution(paths["critique"], const),
@@ -169,12 +172,14 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                     else paths["critique"], paths["label"], profile=prof)),
         # a stage is done when its adapter was trained on the current data and the current
         # upstream adapters (a rerun that retrains SFT retrains everything after it)
-        "sft": (lambda: adapters.is_current(paths["sft"], paths["critique"]),
+        "sft": (lambda: adapters.is_current(paths["sft"], paths["critique"], settings=trained_with("sft")),
                 lambda: training.train_sft(paths["critique"], paths["sft"], model=prof.policy_model,
                                            profile=prof)),
-        "dpo": (lambda: adapters.is_current(paths["dpo"], paths["label"], paths["sft"]),
+        "dpo": (lambda: adapters.is_current(paths["dpo"], paths["label"], paths["sft"],
+                                            settings=trained_with("dpo")),
                 lambda: training.train_dpo(paths["label"], paths["dpo"], init=paths["sft"], profile=prof)),
-        "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward.soft_labels),
+        "reward": (lambda: rl.reward_is_current(paths["reward"], paths["label"], prof.reward.soft_labels,
+                                                trained_with("reward")),
                    lambda: rl.train_reward(paths["label"], paths["reward"], model=prof.policy_model,
                                            profile=prof)),
         "ppo": (rl_current,

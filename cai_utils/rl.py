@@ -30,13 +30,13 @@ def reward_scores(model, tokenizer, prompts: list[list], completions: list[list]
     return scores
 
 
-def reward_is_current(out: str | Path, data: str | Path, soft_labels: bool) -> bool:
+def reward_is_current(out: str | Path, data: str | Path, soft_labels: bool, settings: dict | None = None) -> bool:
     """``adapters.is_current`` for a reward model, which must also have been trained on the same
     kind of labels (the judge's probabilities or 0/1): the data file is the same either way."""
     import json
 
     config = Path(out) / "train_config.json"
-    return (is_current(out, data) and config.is_file()
+    return (is_current(out, data, settings=settings) and config.is_file()
             and bool(json.loads(config.read_text()).get("soft_labels", False)) == soft_labels)
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import adapter_base, weights_sha256, with_adapter
+from .adapters import adapter_base, training_settings, weights_sha256, with_adapter
 from .checkpoint_select import keep_chosen, snapshots
 from .data import DataError, file_sha256, read_jsonl, write_json_atomic
 from .locks import writes_to
@@ -171,8 +171,10 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
                trainable, total, metrics).save(out / "README.md")
     result = TrainResult(stage, out, trainer.state.global_step, seconds, trainable, total,
                          trainer.state.log_history, metrics or {})
+    trained_with = profile.replace(load_in_4bit=config.get("load_in_4bit", profile.load_in_4bit))
     write_manifest(out / "adapter.jsonl", complete=True, stage=stage, model=model_name,
                    profile=profile.name, steps=result.steps, seconds=seconds, metrics=metrics or {},
+                   settings=training_settings(trained_with, stage),
                    init_sha256=weights_sha256(init), reward_sha256=weights_sha256(config.get("reward")),
                    **provenance)
     return result

@@ -174,3 +174,18 @@ def test_a_profile_without_rl_skips_reward_and_ppo_and_reports_without_them(pipe
     assert state["stages"]["evaluate"]["status"] == "ran"
     report = json.loads((out / "report" / "report.json").read_text())
     assert list(report["metrics"]) == ["base", "sft", "dpo"]
+
+
+@pytest.mark.slow
+def test_a_changed_training_setting_retrains_that_stage_only(pipeline, tmp_path):
+    """``run --set dpo.beta=0.2`` on a finished folder: DPO was trained with another beta, so it
+    trains again (and the report is remade); SFT, the reward model and PPO keep theirs."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(pipeline[0], out)
+    assert read_manifest(out / "dpo" / "adapter.jsonl")["settings"]["dpo"]["beta"] == TINY.dpo.beta
+    state = run_pipeline(out, profile=TINY.replace(dpo={"beta": 0.2}), constitution=CONSTITUTION,
+                         progress=False, log=lambda _: None)
+    assert [n for n, s in state["stages"].items() if s["status"] == "ran"] == ["validate", "dpo", "evaluate"]
+    assert read_manifest(out / "dpo" / "adapter.jsonl")["settings"]["dpo"]["beta"] == 0.2
