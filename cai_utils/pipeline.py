@@ -102,6 +102,18 @@ def _same_constitution(path: Path, const) -> bool:
     return True
 
 
+def _same_settings(path: Path, settings: dict) -> bool:
+    """True when a complete data file was made with these settings (one it does not record
+    counts as the same); a DataError naming the first that differs, as a rerun would otherwise
+    keep data made another way."""
+    manifest = read_manifest(path) or {}
+    for key, value in settings.items():
+        if manifest.get(key, value) != value:
+            raise DataError(f"{path}: was made with {key}={manifest[key]!r}, not {value!r}; "
+                            "use a new --out or delete the file")
+    return True
+
+
 @writes_to("out")
 def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT_CONSTITUTION,
                  progress: bool = True, log: Callable[[str], None] = print,
@@ -167,7 +179,12 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
         "self_critique": (lambda: prof.critic == "self" or _same_constitution(paths["self_critique"], const),
                           lambda: self_critique_arm(const, prof, paths["self_critique"])),
         # mix and revision modes pair stage-1 answers; samples mode starts afresh
-        "label": (lambda: _same_constitution(paths["label"], const),
+        "label": (lambda: _same_constitution(paths["label"], const) and _same_settings(paths["label"], {
+                      "candidates": prof.candidate_mode,  # two samples have no rule: judge labels
+                      "label_source": "judge" if prof.candidate_mode == "samples" else prof.label_source,
+                      "judge_mode": prof.judge_mode, "tie_threshold": prof.tie_threshold,
+                      "n_pairs": prof.n_pairs, "benign_pair_share": prof.benign_pair_share,
+                      "pair_tactics": prof.pair_tactics}),
                   lambda: run_label(const, rl_prompts if prof.candidate_mode == "samples"
                                     else paths["critique"], paths["label"], profile=prof)),
         # a stage is done when its adapter was trained on the current data and the current

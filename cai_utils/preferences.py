@@ -176,7 +176,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
     provenance = json.loads(json.dumps({
         "constitution": const.ref, "model": model, "judge_model": judge_model,
         "candidates": candidates, "judge_mode": mode, "label_source": source,
-        "tie_threshold": prof.tie_threshold, "seed": seed}))
+        "tie_threshold": prof.tie_threshold, "seed": seed, "n_pairs": limit,
+        "benign_pair_share": prof.benign_pair_share, "pair_tactics": prof.pair_tactics}))
     check_resume(out, provenance)
     writer, ties = JsonlAppender(out), JsonlAppender(ties_path)
     todo = [r for r in items if r["id"] not in writer.done_ids | ties.done_ids]

@@ -189,3 +189,15 @@ def test_a_changed_training_setting_retrains_that_stage_only(pipeline, tmp_path)
                          progress=False, log=lambda _: None)
     assert [n for n, s in state["stages"].items() if s["status"] == "ran"] == ["validate", "dpo", "evaluate"]
     assert read_manifest(out / "dpo" / "adapter.jsonl")["settings"]["dpo"]["beta"] == 0.2
+
+
+@pytest.mark.slow
+def test_a_changed_pair_setting_is_refused_not_silently_kept(pipeline):
+    """``run --set n_pairs=...`` over a folder whose pairs were made with another count: a
+    one-line error (the pairs file would otherwise be kept as it is), and nothing trained."""
+    out, _ = pipeline
+    before = read_manifest(out / "dpo" / "adapter.jsonl")
+    with pytest.raises(DataError, match=f"was made with n_pairs={TINY.n_pairs}, not {TINY.n_pairs + 1}"):
+        run_pipeline(out, profile=TINY.replace(n_pairs=TINY.n_pairs + 1), constitution=CONSTITUTION,
+                     progress=False, log=lambda _: None)
+    assert read_manifest(out / "dpo" / "adapter.jsonl") == before
