@@ -53,12 +53,13 @@ def read_manifest(data_path: str | Path) -> dict | None:
 
 
 def check_resume(out: Path, provenance: dict) -> None:
-    """Refuse to append to a file whose manifest records other provenance (constitution,
-    models, settings): one line saying which, and what to do."""
+    """Refuse to append to (or keep) a file whose manifest records other provenance
+    (constitution, models, settings): one line saying which, and what to do. A setting the
+    manifest does not record (a file made before it was recorded) counts as the same."""
     manifest = read_manifest(out)
     if not Path(out).exists() or manifest is None:
         return
     for key, value in provenance.items():
-        if manifest.get(key) != value:
-            raise DataError(f"{out}: was made with a different {key} "
-                            f"({manifest.get(key)!r}); use a new --out or delete the file")
+        if key in manifest and manifest[key] != value:
+            raise DataError(f"{out}: was made with {key}={manifest[key]!r}, not {value!r}; "
+                            "use a new --out or delete the file")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .data import DataError, project_root, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .locks import writes_to
-from .manifest import read_manifest
+from .manifest import check_resume, read_manifest
 from .profiles import Profile, get_profile
 from .workspace import DEFAULT_CONSTITUTION
 
@@ -102,18 +102,6 @@ def _same_constitution(path: Path, const) -> bool:
     return True
 
 
-def _same_settings(path: Path, settings: dict) -> bool:
-    """True when a complete data file was made with these settings (one it does not record
-    counts as the same); a DataError naming the first that differs, as a rerun would otherwise
-    keep data made another way."""
-    manifest = read_manifest(path) or {}
-    for key, value in settings.items():
-        if manifest.get(key, value) != value:
-            raise DataError(f"{path}: was made with {key}={manifest[key]!r}, not {value!r}; "
-                            "use a new --out or delete the file")
-    return True
-
-
 @writes_to("out")
 def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT_CONSTITUTION,
                  progress: bool = True, log: Callable[[str], None] = print,
@@ -179,7 +167,8 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
         "self_critique": (lambda: prof.critic == "self" or _same_constitution(paths["self_critique"], const),
                           lambda: self_critique_arm(const, prof, paths["self_critique"])),
         # mix and revision modes pair stage-1 answers; samples mode starts afresh
-        "label": (lambda: _same_constitution(paths["label"], const) and _same_settings(paths["label"], {
+        # pairs made with other pair settings are refused (check_resume), not silently kept
+        "label": (lambda: _same_constitution(paths["label"], const) and not check_resume(paths["label"], {
                       "candidates": prof.candidate_mode,  # two samples have no rule: judge labels
                       "label_source": "judge" if prof.candidate_mode == "samples" else prof.label_source,
                       "judge_mode": prof.judge_mode, "tie_threshold": prof.tie_threshold,

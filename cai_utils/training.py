@@ -222,7 +222,6 @@ def train_sft(data, out, model: str = DEFAULT_MODEL, init=None, load_in_4bit: bo
                   repeats=dict(prof.sft.repeat))
 
 
-
 def first_tokens(dataset, n: int):
     """A tokenised preference set with each answer cut to its first ``n`` tokens (no end token
     added), so the preference falls on the opening where a reply refuses or complies.
