@@ -61,5 +61,5 @@ def check_resume(out: Path, provenance: dict) -> None:
         return
     for key, value in provenance.items():
         if key in manifest and manifest[key] != value:
-            raise DataError(f"{out}: was made with {key}={manifest[key]!r}, not {value!r}; "
-                            "use a new --out or delete the file")
+            raise DataError(f"{out}: was made with a different {key} ({manifest[key]!r}, not "
+                            f"{value!r}); use a new --out or delete the file")

@@ -197,7 +197,7 @@ def test_a_changed_pair_setting_is_refused_not_silently_kept(pipeline):
     one-line error (the pairs file would otherwise be kept as it is), and nothing trained."""
     out, _ = pipeline
     before = read_manifest(out / "dpo" / "adapter.jsonl")
-    with pytest.raises(DataError, match=f"was made with n_pairs={TINY.n_pairs}, not {TINY.n_pairs + 1}"):
+    with pytest.raises(DataError, match=rf"was made with a different n_pairs \({TINY.n_pairs}, not {TINY.n_pairs + 1}\)"):
         run_pipeline(out, profile=TINY.replace(n_pairs=TINY.n_pairs + 1), constitution=CONSTITUTION,
                      progress=False, log=lambda _: None)
     assert read_manifest(out / "dpo" / "adapter.jsonl") == before
