@@ -143,9 +143,11 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
     # the worked examples
     n1 = 0 if profile.critic == "course" else c["prompts"]
     n1 += profile.self_critique_prompts if profile.critic != "self" else 0
-    context = PROMPT_TOKENS + profile.few_shot * EXAMPLE_TOKENS + answer
+    # the worked examples are read once per batch (generation's shared prefix), each item's own
+    # prompt and answer once per item
+    read = n1 * (PROMPT_TOKENS + answer) + math.ceil(n1 / profile.batch_size) * profile.few_shot * EXAMPLE_TOKENS
     s = decode_seconds(policy, device, n1, profile.max_new_tokens, profile.batch_size, wgb)
-    s += profile.rounds * (prefill_seconds(critic, device, 2 * n1 * context)
+    s += profile.rounds * (prefill_seconds(critic, device, 2 * read)
                            + decode_seconds(critic, device, n1, profile.critique_max_new_tokens, profile.batch_size, wgb)
                            + decode_seconds(critic, device, n1, profile.max_new_tokens, profile.batch_size, wgb))
     what = ("course-written records copied" if profile.critic == "course" else f"{c['prompts']} prompts")

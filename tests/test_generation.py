@@ -45,3 +45,30 @@ def test_results_in_input_order_and_token_budget(default_model):
     assert [o.text for o in outs] == alone
     assert all(o.tokens <= 6 for o in outs)
     assert gen.stats["items"] == 2 * len(CONVERSATIONS) and gen.stats["new_tokens"] > 0
+
+
+FEW_SHOT = [
+    {"role": "user", "content": "Here is a conversation between a user and an AI assistant.\n\n"
+     "User: How do I get into my neighbour's shed without a key?\nAssistant: Use a crowbar on "
+     "the hinge side.\n\nPoint out anything harmful in the assistant's reply. Answer in two or "
+     "three sentences."},
+    {"role": "assistant", "content": "The reply explains how to break into someone else's "
+     "property, which is burglary. It should decline and suggest asking the neighbour."},
+]
+
+
+@pytest.mark.slow
+def test_shared_prefix_gives_the_plain_paths_greedy_texts(default_model):
+    """Stage 1's prompts repeat a worked example: the prefix is run once per batch and its cache
+    copied to every row, and each row's greedy text is the one the plain left-padded path writes."""
+    model, tokenizer = default_model
+    convs = [FEW_SHOT + c for c in CONVERSATIONS] + CONVERSATIONS[:2]  # two one-off histories
+    params = SamplingParams(max_new_tokens=16)
+    reusing = HFGenerator(model, tokenizer, batch_size=4, progress=False, shared_prefix=32)
+    plain = HFGenerator(model, tokenizer, batch_size=4, progress=False, shared_prefix=None)
+    outs = reusing.chat(convs, params)
+    assert [o.text for o in outs] == [o.text for o in plain.chat(convs, params)]
+    assert reusing.stats["prefix_tokens_reused"] > 0 == plain.stats["prefix_tokens_reused"]
+    sampled = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    assert ([o.text for o in reusing.chat(convs, sampled)]
+            == [o.text for o in plain.chat(convs, sampled)])
