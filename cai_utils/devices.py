@@ -1,9 +1,10 @@
-"""What this machine offers the profiles: CUDA, native bf16 on the CPU, and the dtype a
-profile's models answer and judge in as a result.
+"""What this machine offers the profiles: CUDA, native bf16 on the CPU, the dtype a profile's
+models answer and judge in as a result, and which process of a multi-process launch this is.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,3 +49,18 @@ def has_cuda() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def processes() -> tuple[int, int]:
+    """This process's rank and how many processes train together, as ``accelerate launch`` and
+    ``torchrun`` set them in the environment; ``(0, 1)`` in a plain run.
+
+    >>> processes() if "WORLD_SIZE" not in os.environ else (0, 1)
+    (0, 1)
+    """
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True in a plain run and in rank 0 of a launch: the one process that writes files."""
+    return processes()[0] == 0

@@ -35,6 +35,11 @@ def exclusive(target: str | Path):
     ...
     cai_utils.data.DataError: ...x.jsonl: another process (pid ...) is writing it right now; wait for it to finish or stop it, then rerun
     """
+    from .devices import is_main_process
+
+    if not is_main_process():  # under accelerate launch only rank 0 writes, and holds the lock
+        yield None
+        return
     try:
         import fcntl
     except ImportError:  # no flock (Windows): one writer is the user's to ensure

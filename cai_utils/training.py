@@ -78,7 +78,10 @@ def steps_for(n_records: int, epochs: float | None, fixed: int, profile: Profile
     """
     if epochs is None:
         return fixed
-    batch = profile.per_device_batch_size * profile.gradient_accumulation_steps
+    from .devices import processes
+
+    # under ``accelerate launch`` every process takes its own batch per step
+    batch = profile.per_device_batch_size * profile.gradient_accumulation_steps * processes()[1]
     return max(1, math.ceil(epochs * n_records / batch))
 
 
@@ -147,9 +150,22 @@ def _provenance(data: Path) -> dict:
             "data_manifest": manifest.get("file")}
 
 
+def launch_of(trainer) -> dict:
+    """How many processes trained, and how they talked: ``{"processes": 1, "distributed": "NO",
+    "backend": None}`` in a plain run, ``MULTI_GPU``/``nccl`` under ``accelerate launch`` on GPUs,
+    ``MULTI_CPU``/``gloo`` on CPUs."""
+    state = trainer.accelerator.state
+    return {"processes": state.num_processes, "distributed": state.distributed_type.value,
+            "backend": getattr(state, "backend", None)}
+
+
 def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, data: Path,
            init, start: float, metrics: dict | None = None, **config) -> TrainResult:
-    """Save the adapter, its config, log, model card and manifest; return what happened."""
+    """Save the adapter, its config, log, model card and manifest; return what happened.
+    Under ``accelerate launch`` every process calls ``save_model`` (ZeRO-3 gathers the weights
+    there) and only the main process writes."""
+    from .devices import is_main_process
+
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
     model = trainer.model
@@ -162,15 +178,18 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
     settings = {"stage": stage, "model": stored_path(model_name, out),
                 "init": stored_path(str(init), out) if init else None,
                 "profile": profile.name, "trainable_params": trainable, "total_params": total,
-                **config, "profile_settings": dataclasses.asdict(profile)}
+                "launch": launch_of(trainer), **config,
+                "profile_settings": dataclasses.asdict(profile)}
+    result = TrainResult(stage, out, trainer.state.global_step, seconds, trainable, total,
+                         trainer.state.log_history, metrics or {})
+    if not is_main_process():
+        return result
     write_json_atomic(out / "train_config.json", settings)
     write_json_atomic(out / "training_log.json", trainer.state.log_history)
     from .model_card import model_card
 
     model_card(stage, model_name, profile.name, trainer.state.global_step, seconds, provenance, init,
                trainable, total, metrics).save(out / "README.md")
-    result = TrainResult(stage, out, trainer.state.global_step, seconds, trainable, total,
-                         trainer.state.log_history, metrics or {})
     trained_with = profile.replace(load_in_4bit=config.get("load_in_4bit", profile.load_in_4bit))
     write_manifest(out / "adapter.jsonl", complete=True, stage=stage, model=model_name,
                    profile=profile.name, steps=result.steps, seconds=seconds, metrics=metrics or {},
@@ -242,7 +261,12 @@ def train_dpo(data, out, model: str | None = None, init=None, load_in_4bit: bool
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from .devices import processes
+
     prof = get_profile(profile)
+    if prof.dpo.select_every and processes()[1] > 1:
+        raise DataError("choosing a DPO checkpoint on validation (dpo.select_every) runs in one "
+                        "process: set dpo.select_every=0 under accelerate launch")
     data, out = Path(data), Path(out)
     records = load_records(data, "dpo")
     model = model or (adapter_base(init) if init else DEFAULT_MODEL)
