@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .data import DataError, file_sha256, project_root, read_jsonl, write_jsonl_atomic
-from .manifest import write_manifest
+from .manifest import ids_digest, write_manifest
 
 COURSE_CRITIC = "course-written"  # the critic_model recorded in stage-1 records of this arm
 
@@ -89,6 +89,7 @@ def write_course_arm(constitution, items: list[dict], out: str | Path, profile_n
     source = course_critic_path(constitution)
     write_manifest(out, complete=True, profile=profile_name, constitution=constitution.ref,
                    model=records[0]["model"], critic_model=COURSE_CRITIC, critic="course",
+                   prompts=ids_digest(items),
                    inputs={str(source): file_sha256(source)},
                    counts={"records": len(records), "requested": len(items),
                            "revised": len(revisions)},

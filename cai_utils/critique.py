@@ -19,7 +19,7 @@ from . import prompts as P
 from .constitution import Constitution
 from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl
 from .locks import writes_to
-from .manifest import check_resume, write_manifest
+from .manifest import check_resume, ids_digest, write_manifest
 from .stats import proportion_ci
 from .generation import Generator, SamplingParams
 from .text_checks import GATES, REJECTING, clean_revision, flag_text, is_refusal, quality_gates
@@ -224,6 +224,7 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     done = [r for r in records if r["id"] in wanted]
     stats = quality(done)
     write_manifest(out, complete=len(done) == len(items), profile=prof.name, **provenance,
+                   prompts=ids_digest(items),
                    inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])},
                    counts={"records": len(records), "requested": len(items),
                            "written_this_run": len(todo)},

@@ -52,6 +52,17 @@ def read_manifest(data_path: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def ids_digest(items: list[dict]) -> str:
+    """A short fingerprint of which prompt records a stage worked on (their ids, in any order).
+
+    >>> ids_digest([{"id": "b"}, {"id": "a"}]) == ids_digest([{"id": "a"}, {"id": "b"}])
+    True
+    """
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(i["id"]) for i in items)).encode()).hexdigest()[:16]
+
+
 def check_resume(out: Path, provenance: dict) -> None:
     """Refuse to append to (or keep) a file whose manifest records other provenance
     (constitution, models, settings): one line saying which, and what to do. A setting the

@@ -38,6 +38,16 @@ def stage1_items(prof: Profile) -> list[dict]:
             for item in stratified(load_prompts(path), n)]
 
 
+def stage1_settings(prof: Profile) -> dict:
+    """What stage 1's file depends on besides the constitution: the prompts it covers (the
+    profile's sizes) and who wrote the critiques, as its manifest records them."""
+    from .course_critic import COURSE_CRITIC
+    from .manifest import ids_digest
+
+    critic = {"course": COURSE_CRITIC, "self": prof.model_for("critic")}.get(prof.critic, prof.critic)
+    return {"prompts": ids_digest(stage1_items(prof)), "critic_model": critic}
+
+
 def stage1(const, prof: Profile, out: Path) -> str:
     """Stage 1 with the profile's critic: the course-written records (``"course"``), the policy
     critiquing itself (``"self"``), or another model as critic (a model id)."""
@@ -161,7 +171,9 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                    paths["reward"], settings=trained_with(rl_stage))
     steps = {
         "validate": (lambda: False, prompts_for_rl),
-        "critique": (lambda: _same_constitution(paths["critique"], const),
+        # stage-1 data made for other prompts (n_red_team, ...) or by another critic is refused
+        "critique": (lambda: _same_constitution(paths["critique"], const) and not check_resume(
+                         paths["critique"], stage1_settings(prof)),
                      lambda: stage1(const, prof, paths["critique"])),
         # beside a stronger critic, a small self-critique arm shows what the gates reject
         "self_critique": (lambda: prof.critic == "self" or _same_constitution(paths["self_critique"], const),

@@ -192,6 +192,21 @@ def test_a_changed_training_setting_retrains_that_stage_only(pipeline, tmp_path)
 
 
 @pytest.mark.slow
+def test_stage1_data_for_other_prompts_is_refused_not_silently_kept(pipeline):
+    """``run --set n_red_team=...`` over a folder whose stage-1 file covers other prompts: one
+    line (SFT would otherwise train on the old file), and nothing trained or rewritten."""
+    out, _ = pipeline
+    before = (out / "sft.jsonl").read_text(), read_manifest(out / "sft" / "adapter.jsonl")
+    with pytest.raises(DataError, match=r"sft.jsonl: was made with a different prompts \("):
+        run_pipeline(out, profile=TINY.replace(n_red_team=TINY.n_red_team + 1),
+                     constitution=CONSTITUTION, progress=False, log=lambda _: None)
+    with pytest.raises(DataError, match="was made with a different critic_model"):
+        run_pipeline(out, profile=TINY.replace(critic="self"), constitution=CONSTITUTION,
+                     progress=False, log=lambda _: None)
+    assert ((out / "sft.jsonl").read_text(), read_manifest(out / "sft" / "adapter.jsonl")) == before
+
+
+@pytest.mark.slow
 def test_a_changed_pair_setting_is_refused_not_silently_kept(pipeline):
     """``run --set n_pairs=...`` over a folder whose pairs were made with another count: a
     one-line error (the pairs file would otherwise be kept as it is), and nothing trained."""
