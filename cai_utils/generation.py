@@ -131,7 +131,9 @@ class HFGenerator:
 
     def chat(self, conversations, params, keys=None, desc="generating"):
         texts = [self.render(c) for c in conversations]
-        histories = [repr(c[:-1]) for c in conversations]
+        # only a history before the last message (worked examples) is worth a group of its
+        # own; single messages keep the plain length order, so their batches are as before
+        histories = [repr(c[:-1]) if len(c) > 1 else "" for c in conversations]
         return self.complete(texts, params, keys, desc, groups=histories)
 
     def complete(self, texts: list[str], params: SamplingParams, keys: list[str] | None = None,
