@@ -36,13 +36,16 @@ def hand_label_accuracy(folder: str | Path, profile: Profile, pairs=None) -> dic
     return {"share": ci["mean"], "ci95": ci["ci95"], "n": ci["n"], "correct": correct}
 
 
-def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None) -> dict:
+def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None,
+                   rule_model: str | Path | None = None) -> dict:
     """Three reward models on the same stage-2 pairs: ``rule`` (the rule's 0/1 labels),
     ``judge`` (the judge's favourite as 0/1) and ``soft`` (the judge's P(chosen)), each with
     the profile's reward settings, scored on the hand-labelled pairs. Returns ``{arm:
     {"share", "ci95", "n", "correct", "trained", "seconds"}, "soft_vs_judge": paired difference,
     "judge_vs_rule": ...}``, also written to ``out/compare.json``. A model already trained on
-    the same file is not trained again."""
+    the same file is not trained again, and ``rule_model`` (a reward model trained elsewhere,
+    e.g. notebook 06's own) stands in for the ``rule`` arm when it was trained on ``prefs``'
+    0/1 labels with these settings."""
     from .preferences import as_judge_labels
     from .stats import newcombe_paired
 
@@ -50,10 +53,15 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None)
     judged = out / "judge_labels.jsonl"
     write_jsonl_atomic(judged, as_judge_labels(read_jsonl(prefs)))
     results = {}
+    from .adapters import training_settings
+
+    settings = training_settings(prof, "reward")
     for arm, data, soft in (("rule", Path(prefs), False), ("judge", judged, False), ("soft", judged, True)):
         folder = out / f"reward-{arm}"
+        if arm == "rule" and rule_model and reward_is_current(rule_model, data, soft, settings):
+            folder = Path(rule_model)
         start = time.perf_counter()
-        trained = not reward_is_current(folder, data, soft)
+        trained = not reward_is_current(folder, data, soft, settings)
         if trained:
             train_reward(data, folder, model=prof.policy_model, profile=prof, soft_labels=soft)
         results[arm] = {**hand_label_accuracy(folder, prof, pairs), "trained": trained,

@@ -254,6 +254,17 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     for arm, soft in (("soft", True), ("judge", False)):
         assert rl.reward_is_current(tmp_path / "cmp" / f"reward-{arm}", judged_file, soft)
         assert not rl.reward_is_current(tmp_path / "cmp" / f"reward-{arm}", judged_file, not soft)
+    # a reward model trained on the rule labels with these settings (notebook 06's own) stands in
+    # for the rule arm; one trained with other settings does not
+    own = tmp_path / "cmp" / "reward-rule"
+    fresh = compare_labels(prefs, tmp_path / "cmp2", profile=one_step, pairs=hand, rule_model=own)
+    assert fresh["rule"]["trained"] is False and not (tmp_path / "cmp2" / "reward-rule").exists()
+    assert fresh["rule"]["correct"] == result["rule"]["correct"]
+    from cai_utils.adapters import training_settings
+
+    assert rl.reward_is_current(own, prefs, False, training_settings(one_step, "reward"))
+    assert not rl.reward_is_current(own, prefs, False,
+                                    training_settings(one_step.replace(reward={"steps": 2}), "reward"))
 
 
 @pytest.mark.slow
