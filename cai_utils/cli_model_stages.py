@@ -52,7 +52,9 @@ def cmd_train(args) -> int:
     key = "loss/policy_avg" if args.stage == "ppo" else "loss"
     losses = [e[key] for e in result.log if key in e]
     trend = f", {key} {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
-    if args.merge and args.stage != "reward":
+    from .devices import is_main_process
+
+    if args.merge and args.stage != "reward" and is_main_process():
         from .adapters import save_merged
 
         print(f"merged model saved to {save_merged(result.out)}")

@@ -53,11 +53,14 @@ def has_cuda() -> bool:
 
 def processes() -> tuple[int, int]:
     """This process's rank and how many processes train together, as ``accelerate launch`` and
-    ``torchrun`` set them in the environment; ``(0, 1)`` in a plain run.
+    ``torchrun`` set them in the environment (``RANK``, ``WORLD_SIZE``, and ``LOCAL_RANK``,
+    without which a stray variable is ignored); ``(0, 1)`` in a plain run.
 
-    >>> processes() if "WORLD_SIZE" not in os.environ else (0, 1)
+    >>> processes() if "LOCAL_RANK" not in os.environ else (0, 1)
     (0, 1)
     """
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 

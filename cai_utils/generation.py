@@ -169,7 +169,7 @@ class HFGenerator:
         self.stats["seconds"] += time.perf_counter() - start
         return results
 
-    def _encode(self, texts: list[str], device) -> dict:
+    def _encode(self, texts: list[str], device, new_tokens: int = 0) -> dict:
         """Token ids and attention mask for one batch: left padding, or, when the rows share a
         prefix of at least ``shared_prefix`` tokens, that prefix once as a key/value cache and
         the padding between it and each row's own tokens."""
@@ -177,12 +177,13 @@ class HFGenerator:
 
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         shared = min(common_prefix_length(ids), min(len(row) for row in ids) - 1)
-        if self.shared_prefix is None or len(ids) < 2 or shared < self.shared_prefix:
+        if (self.shared_prefix is None or len(ids) < 2 or shared < max(1, self.shared_prefix)
+                or not self._can_share(max(len(row) for row in ids) + new_tokens)):
             return dict(self.tokenizer(texts, return_tensors="pt", padding=True,
                                        add_special_tokens=False).to(device))
         prefix = torch.tensor([ids[0][:shared]], device=device)
         with torch.inference_mode():
-            cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+            cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_repeat_interleave(len(ids))
         width = max(len(row) for row in ids) - shared
         pad = self.tokenizer.pad_token_id
@@ -196,12 +197,21 @@ class HFGenerator:
         return {"input_ids": torch.tensor(rows, device=device),
                 "attention_mask": torch.tensor(masks, device=device), "past_key_values": cache}
 
+    def _can_share(self, longest: int) -> bool:
+        """Whether a prefix cache may be handed to ``generate``: not when the model asks for its
+        own cache (``cache_implementation``, e.g. Gemma 2), trains, or has a sliding attention
+        window the padding gap could push tokens out of."""
+        config = self.model.config
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        return (getattr(self.model.generation_config, "cache_implementation", None) is None
+                and not self.model.training and not (window and window < longest))
+
     def _generate(self, texts: list[str], params: SamplingParams, seeds: list[int]):
         import torch
         from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
-        enc = self._encode(texts, device)
+        enc = self._encode(texts, device, params.max_new_tokens)
         processors = LogitsProcessorList()
         if params.temperature > 0:
             processors.append(_RowSampler(seeds, params.temperature, params.top_p, device))

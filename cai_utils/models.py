@@ -20,12 +20,24 @@ def resolve_model_path(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values pass through."""
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values pass through.
+    Under ``accelerate launch`` each process takes its own GPU (``cuda:LOCAL_RANK``), and under
+    DeepSpeed the CPU: ZeRO-3 moves each shard to its GPU itself."""
     if device != "auto":
         return device
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    from .devices import processes
+
+    if processes()[1] > 1:
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            return "cpu"
+        return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    return "cuda"
 
 
 def _torch_dtype(dtype: str | None, device: str):

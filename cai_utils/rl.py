@@ -181,14 +181,16 @@ def value_model(reward: str | Path, profile: Profile):
 
 def ppo_episodes(steps: int, profile: Profile) -> int:
     """The ``total_episodes`` that give ``steps`` PPO updates: TRL makes one update per
-    ``per_device_batch_size x gradient_accumulation_steps`` episodes (one process).
+    ``per_device_batch_size x gradient_accumulation_steps`` episodes in each process.
 
     >>> from cai_utils.profiles import PROFILES
     >>> a100 = PROFILES["a100"]
     >>> ppo_episodes(100, a100) // (a100.per_device_batch_size * a100.gradient_accumulation_steps)
     100
     """
-    return steps * profile.per_device_batch_size * profile.gradient_accumulation_steps
+    from .devices import processes  # under accelerate launch TRL splits the episodes among processes
+
+    return steps * profile.per_device_batch_size * profile.gradient_accumulation_steps * processes()[1]
 
 
 def _policy(init, model: str | None, profile: Profile):

@@ -169,8 +169,9 @@ def finish(trainer, stage: str, out: Path, profile: Profile, model_name: str, da
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
     model = trainer.model
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    size = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731 (ZeRO-3 shards hold 0 here)
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     seconds = round(time.perf_counter() - start, 1)
     provenance = _provenance(data)
     from .models import stored_path

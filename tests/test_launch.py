@@ -60,7 +60,8 @@ def test_checkpoint_selection_is_refused_under_a_launch(tmp_path, monkeypatch):
     from cai_utils.profiles import get_profile
     from cai_utils.training import train_dpo
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
     profile = get_profile("ci").replace(dpo={"select_every": 2})
     with pytest.raises(DataError, match="runs in one process"):
         train_dpo(tmp_path / "pairs.jsonl", tmp_path / "dpo", profile=profile)
