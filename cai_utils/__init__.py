@@ -30,6 +30,7 @@ _EXPORTS = {
     "data": ["DataError", "read_jsonl", "load_prompts", "JsonlAppender", "project_root"],
     "manifest": ["write_manifest", "read_manifest"],
     "generation": ["HFGenerator", "SamplingParams", "Completion", "chat"],
+    "serving": ["ServerGenerator", "served_models"],
     "models": ["load_model", "load_for_inference", "load_tokenizer", "ModelNotFoundError"],
     "offline_model": ["default_model_path"],
     "profiles": ["Profile", "PROFILES", "get_profile"],

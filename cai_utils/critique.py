@@ -19,7 +19,7 @@ from . import prompts as P
 from .constitution import Constitution
 from .data import DataError, JsonlAppender, file_sha256, load_prompts, read_jsonl
 from .locks import writes_to
-from .manifest import check_resume, ids_digest, write_manifest
+from .manifest import check_resume, ids_digest, read_manifest, write_manifest
 from .stats import proportion_ci
 from .generation import Generator, SamplingParams
 from .text_checks import GATES, REJECTING, clean_revision, flag_text, is_refusal, quality_gates
@@ -172,12 +172,14 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     ``limit`` caps the prompts taken from each file (one number, or one per file); ``items``
     gives the prompt records directly (already picked from ``prompts``, which are then only
     recorded with their hashes). ``models`` may map model names to already loaded
-    ``(model, tokenizer)`` pairs (notebooks). Returns a one-line summary.
+    ``(model, tokenizer)`` pairs (notebooks). With ``$CAI_GENERATION_SERVER`` set, the models the
+    server lists answer there (``serving.py``). Returns a one-line summary.
     """
     from . import constitution as cons
     from .generation import HFGenerator
     from .models import load_for_inference
     from .profiles import get_profile
+    from .serving import engines_for
 
     prof = get_profile(profile)
     const = cons.as_constitution(constitution)
@@ -208,11 +210,17 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     loaded = dict(models or {})
     batch = batch_size or prof.batch_size
     start = time.perf_counter()
+    used = (read_manifest(out) or {}).get("engines", {})  # which engine wrote earlier records
     if todo:
-        for name in {model, critic_model} - loaded.keys():
+        served, line = engines_for([model, critic_model])  # $CAI_GENERATION_SERVER, if set
+        if line:
+            print(line)
+        for name in {model, critic_model} - loaded.keys() - served.keys():
             loaded[name] = load_for_inference(name, prof)
-        answerer = HFGenerator(*loaded[model], batch_size=batch)
-        critic = answerer if critic_model == model else HFGenerator(*loaded[critic_model], batch_size=batch)
+        engine = lambda name: served.get(name) or HFGenerator(*loaded[name], batch_size=batch)  # noqa: E731
+        answerer = engine(model)
+        critic = answerer if critic_model == model else engine(critic_model)
+        used = {**used, **{n: served[n].url if n in served else "transformers" for n in (model, critic_model)}}
         with writer, tqdm(total=len(items), initial=len(items) - len(todo), desc="stage 1",
                           unit="prompt") as bar:
             for at in range(0, len(todo), batch):
@@ -228,7 +236,7 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
                    inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])},
                    counts={"records": len(records), "requested": len(items),
                            "written_this_run": len(todo)},
-                   seconds=round(time.perf_counter() - start, 1), quality=stats)
+                   seconds=round(time.perf_counter() - start, 1), quality=stats, engines=used)
     pct = lambda key: "n/a" if stats[key]["share"] is None else f"{stats[key]['share']:.0%}"  # noqa: E731
     return (f"{out}: {len(done)}/{len(items)} records ({len(todo)} new); red-team declines "
             f"{pct('red_team_initial_declines')} -> {pct('red_team_revision_declines')}, "

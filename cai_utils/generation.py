@@ -11,7 +11,8 @@ last message are batched together, and a batch's longest common token prefix is 
 batch size 1, and its key/value cache copied to every row; each row's own tokens follow after
 padding placed between prefix and suffix (positions come from the attention mask, so each row
 sees the same positions as alone). A generator is an object
-with one obvious method, ``chat``, so tests can pass a fake and a vLLM backend can stand in.
+with one obvious method, ``chat``, so tests can pass a fake and a generation server can stand
+in (``serving.ServerGenerator``: vLLM and other engines that speak the OpenAI chat API).
 """
 
 from __future__ import annotations
@@ -236,33 +237,6 @@ class HFGenerator:
             completions.append(Completion(text=text, tokens=len(kept) + finished,
                                           finished=finished))
         return completions
-
-
-class VLLMGenerator:
-    """The same interface over vLLM, for CUDA machines that have it (``pip install vllm``).
-
-    Not exercised in this repository's CI (no GPU there); per-request seeds keep the same
-    batch-independence property as ``HFGenerator``.
-    """
-
-    def __init__(self, model_id: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85):
-        from vllm import LLM  # optional dependency
-
-        self.llm = LLM(model=model_id, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
-        self.tokenizer = self.llm.get_tokenizer()
-
-    def chat(self, conversations, params, keys=None, desc="generating"):
-        from vllm import SamplingParams as VSampling
-
-        keys = keys or [str(i) for i in range(len(conversations))]
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
-        settings = [VSampling(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                              top_p=params.top_p, repetition_penalty=params.repetition_penalty,
-                              seed=item_seed(params.seed, k)) for k in keys]
-        outs = self.llm.generate(texts, settings, use_tqdm=True)
-        return [Completion(text=o.outputs[0].text.strip(), tokens=len(o.outputs[0].token_ids),
-                           finished=o.outputs[0].finish_reason == "stop") for o in outs]
 
 
 def chat(model, tokenizer, message: str, max_new_tokens: int = 64) -> str:

@@ -13,6 +13,7 @@ def _own_runs_folder(tmp_path_factory, monkeypatch):
     of its own, never in the checkout's runs/, and ignores the learner's choices."""
     monkeypatch.setenv("CAI_RUNS", str(tmp_path_factory.mktemp("runs")))
     monkeypatch.delenv("CAI_CONSTITUTION", raising=False)
+    monkeypatch.delenv("CAI_GENERATION_SERVER", raising=False)
 
 
 @pytest.fixture(scope="session")

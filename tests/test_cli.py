@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run(*args):
@@ -67,7 +68,7 @@ def test_ablate_passes_its_seed(monkeypatch):
     assert seen["seed"] == 3
 
 
-def one_pair(folder) -> "Path":
+def one_pair(folder) -> Path:
     """A preference file of one pair, for commands whose trainer the test replaces."""
     data = folder / "prefs.jsonl"
     turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
