@@ -31,7 +31,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
     from . import constitution as cons
     from .critique import run_critique
     from .evaluation import HarmRater, held_out_sets
-    from .stats import bootstrap_ci, paired_bootstrap
+    from .stats import bootstrap_ci, paired_bootstrap, share_ci
     from .text_checks import is_refusal
     from .generation import HFGenerator, SamplingParams
     from .models import load_for_inference
@@ -60,7 +60,7 @@ def ablate(constitution, out, principle_ids: list[str], profile: str | Profile |
             desc=f"answers ({name})")]
         ratings = rater.rate([(t.get("category"), t["messages"], a) for t, a in zip(tests, answers)])
         results[name] = {"harmlessness": bootstrap_ci(ratings),
-                         "refusal": bootstrap_ci([float(is_refusal(a)) for a in answers]),
+                         "refusal": share_ci([float(is_refusal(a)) for a in answers]),
                          "constitution": const.ref, "ratings": ratings}
     full_ratings = results["full"]["ratings"]
     base = results["full"]["harmlessness"]["mean"]

@@ -5,14 +5,14 @@
   hybrid score interval for a paired difference of proportions (Newcombe 1998, method 10), and
   McNemar's exact test on the discordant pairs. A percentile bootstrap would say 0% [0%, 0%] for
   a model that refused none of 24 prompts; these do not;
-- a mean of graded scores (a 1-5 rating, a win probability): percentile bootstrap, and a paired
-  bootstrap (items resampled together) for a difference on the same items.
+- a mean of graded scores (a 1-5 rating, a win probability): scipy's bootstrap (bias-corrected
+  and accelerated), and its paired form (items resampled together) for a difference on the same
+  items.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from statistics import fmean
 
 
@@ -92,7 +92,9 @@ def mcnemar_p(gained: int, lost: int) -> float:
 
 
 def bootstrap_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> dict:
-    """The mean with a 95% percentile-bootstrap interval and n.
+    """The mean with a 95% bootstrap interval (scipy's ``bootstrap``, bias-corrected and
+    accelerated, seeded) and n. Values without spread give the mean as both ends (every resample
+    has that mean); where BCa is undefined the percentile interval is used.
 
     >>> bootstrap_ci([1, 1, 1, 1])
     {'mean': 1.0, 'ci95': [1.0, 1.0], 'n': 4}
@@ -102,16 +104,36 @@ def bootstrap_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> dict
     n = len(values)
     if n == 0:
         return {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
-    rng = random.Random(seed)
-    means = sorted(fmean(rng.choices(values, k=n)) for _ in range(n_boot))
-    return {"mean": fmean(values), "ci95": [means[int(0.025 * n_boot)],
-                                            means[int(0.975 * n_boot) - 1]], "n": n}
+    mean = fmean(values)
+    if min(values) == max(values):
+        return {"mean": mean, "ci95": [mean, mean], "n": n}
+    low, high = _bootstrap((values,), lambda x, axis=-1: x.mean(axis=axis), n_boot, seed)
+    return {"mean": mean, "ci95": [low, high], "n": n}
+
+
+def _bootstrap(data: tuple, statistic, n_boot: int, seed: int, paired: bool = False) -> tuple[float, float]:
+    """scipy's BCa interval, falling back to the percentile one where BCa is undefined."""
+    import warnings
+
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    arrays = tuple(np.asarray(d, dtype=float) for d in data)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa's degenerate-data warning: handled below
+            ci = bootstrap(arrays, statistic, n_resamples=n_boot, method=method, paired=paired,
+                           vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+        if not (math.isnan(ci.low) or math.isnan(ci.high)):
+            break
+    return float(ci.low), float(ci.high)
 
 
 def paired_bootstrap(base: list[float], other: list[float], n_boot: int = 2000,
                      seed: int = 0) -> dict:
     """``other - base`` on the same items: the mean difference with a paired 95% bootstrap
-    interval (items are resampled together), n, and whether the interval excludes 0.
+    interval (scipy's ``bootstrap`` with ``paired=True``: items are resampled together; BCa),
+    n, and whether the interval excludes 0.
 
     >>> d = paired_bootstrap([0, 0, 0, 0], [1, 1, 1, 0])
     >>> d["diff"], d["n"], d["significant"]
@@ -119,7 +141,14 @@ def paired_bootstrap(base: list[float], other: list[float], n_boot: int = 2000,
     """
     if len(base) != len(other):
         raise ValueError(f"paired bootstrap needs the same items: {len(base)} vs {len(other)}")
-    ci = bootstrap_ci([b - a for a, b in zip(base, other)], n_boot, seed)
-    low, high = ci["ci95"]
-    return {"diff": ci["mean"], "ci95": [low, high], "n": ci["n"],
-            "significant": bool(ci["n"]) and (low > 0 or high < 0)}
+    diffs = [b - a for a, b in zip(base, other)]
+    n = len(diffs)
+    if n == 0:
+        return {"diff": math.nan, "ci95": [math.nan, math.nan], "n": 0, "significant": False}
+    diff = fmean(diffs)
+    if min(diffs) == max(diffs):
+        low = high = diff
+    else:
+        low, high = _bootstrap((base, other), lambda a, b, axis=-1: (b - a).mean(axis=axis),
+                               n_boot, seed, paired=True)
+    return {"diff": diff, "ci95": [low, high], "n": n, "significant": low > 0 or high < 0}

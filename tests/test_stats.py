@@ -54,3 +54,15 @@ def test_mcnemar_and_bootstrap_basics():
     assert d["diff"] == pytest.approx(0.5) and d["significant"]
     with pytest.raises(ValueError, match="same items"):
         newcombe_paired([1.0], [1.0, 0.0])
+
+
+def test_bootstrap_covers_a_skewed_mean_about_95_percent_of_the_time():
+    rng = random.Random(1)
+    hits, reps = 0, 200
+    for i in range(reps):
+        values = [rng.expovariate(1.0) for _ in range(30)]  # skewed, true mean 1
+        low, high = bootstrap_ci(values, n_boot=1000, seed=i)["ci95"]
+        hits += low <= 1.0 <= high
+    assert 0.88 <= hits / reps <= 0.99
+    paired = paired_bootstrap([0.0] * 30, [rng.expovariate(1.0) for _ in range(30)], n_boot=1000)
+    assert paired["ci95"][0] < paired["diff"] < paired["ci95"][1] and paired["n"] == 30
