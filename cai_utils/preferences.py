@@ -177,7 +177,8 @@ def run_label(constitution, prompts, out, model: str | None = None,
         "constitution": const.ref, "model": model, "judge_model": judge_model,
         "candidates": candidates, "judge_mode": mode, "label_source": source,
         "tie_threshold": prof.tie_threshold, "seed": seed, "n_pairs": limit,
-        "benign_pair_share": prof.benign_pair_share, "pair_tactics": prof.pair_tactics}))
+        "benign_pair_share": prof.benign_pair_share, "pair_tactics": prof.pair_tactics,
+        "source_sha256": file_sha256(prompts)}))  # pairs from another stage-1 file are refused
     check_resume(out, provenance)
     writer, ties = JsonlAppender(out), JsonlAppender(ties_path)
     todo = [r for r in items if r["id"] not in writer.done_ids | ties.done_ids]

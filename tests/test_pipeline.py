@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cai_utils.data import DataError
+from cai_utils.data import DataError, file_sha256
 from cai_utils.manifest import read_manifest
 from cai_utils.ablation import ablate
 from cai_utils.pipeline import run_pipeline, stage_table
@@ -81,8 +81,10 @@ def test_new_sft_data_retrains_every_model_downstream_of_sft(pipeline):
     rerun = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
                          log=lambda _: None)
     ran = [n for n, s in rerun["stages"].items() if s["status"] == "ran"]
-    # the reward model trains on the pairs only, which did not change
-    assert ran == ["validate", "sft", "dpo", "ppo", "evaluate"]
+    # the pairs are made again from the new stage-1 file, and every model after SFT retrains
+    # (the reward model only if the new pairs differ)
+    assert [n for n in ran if n != "reward"] == ["validate", "label", "sft", "dpo", "ppo", "evaluate"]
+    assert read_manifest(out / "prefs.jsonl")["source_sha256"] == file_sha256(out / "sft.jsonl")
 
 
 @pytest.mark.slow
