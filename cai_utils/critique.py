@@ -172,8 +172,8 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
     ``limit`` caps the prompts taken from each file (one number, or one per file); ``items``
     gives the prompt records directly (already picked from ``prompts``, which are then only
     recorded with their hashes). ``models`` may map model names to already loaded
-    ``(model, tokenizer)`` pairs (notebooks). With ``$CAI_GENERATION_SERVER`` set, the models the
-    server lists answer there (``serving.py``). Returns a one-line summary.
+    ``(model, tokenizer)`` pairs (notebooks). With ``$CAI_GENERATION_SERVER`` set, the other models
+    that the server lists answer there (``serving.py``). Returns a one-line summary.
     """
     from . import constitution as cons
     from .generation import HFGenerator
@@ -205,14 +205,18 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
 
     writer = JsonlAppender(out)
     todo = [item for item in items if item["id"] not in writer.done_ids]
-    write_manifest(out, complete=False, profile=prof.name, **provenance,
-                   inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])})
+    used = (read_manifest(out) or {}).get("engines", {})  # which engines wrote earlier records
     loaded = dict(models or {})
+    served, line = engines_for([n for n in (model, critic_model) if n not in loaded]) if todo else ({}, "")
+    for name in (model, critic_model) if todo else ():  # $CAI_GENERATION_SERVER's models, if set
+        where = served[name].url if name in served else "transformers"
+        used[name] = sorted({*used.get(name, []), where})
+    write_manifest(out, complete=False, profile=prof.name, **provenance, engines=used,
+                   inputs={str(p): file_sha256(p) for p in prompt_files + ([Path(const.path)] if const.path else [])})
     batch = batch_size or prof.batch_size
+    step = max(batch, 64) if served else batch  # a server batches many requests at once
     start = time.perf_counter()
-    used = (read_manifest(out) or {}).get("engines", {})  # which engine wrote earlier records
     if todo:
-        served, line = engines_for([model, critic_model])  # $CAI_GENERATION_SERVER, if set
         if line:
             print(line)
         for name in {model, critic_model} - loaded.keys() - served.keys():
@@ -220,11 +224,10 @@ def run_critique(constitution, prompts: str | Path | list, out: str | Path,
         engine = lambda name: served.get(name) or HFGenerator(*loaded[name], batch_size=batch)  # noqa: E731
         answerer = engine(model)
         critic = answerer if critic_model == model else engine(critic_model)
-        used = {**used, **{n: served[n].url if n in served else "transformers" for n in (model, critic_model)}}
         with writer, tqdm(total=len(items), initial=len(items) - len(todo), desc="stage 1",
                           unit="prompt") as bar:
-            for at in range(0, len(todo), batch):
-                chunk = critique_revise(todo[at:at + batch], const, answerer, critic, settings)
+            for at in range(0, len(todo), step):
+                chunk = critique_revise(todo[at:at + step], const, answerer, critic, settings)
                 writer.write({**r, **provenance} for r in chunk)
                 bar.update(len(chunk))
     records = read_jsonl(out)

@@ -112,9 +112,9 @@ def load_model(
             adapter folder written by ``train``: loaded on its base (and, for PPO/GRPO, on the
             SFT adapter it was trained over), merged into 16/32-bit weights, left unmerged on
             a 4-bit base (PEFT's forward), where merging would round the update away.
-            (Not ``peft.AutoPeftModelForCausalLM``: it loads one adapter on the base its config
-            names, with none of the dtype, 4-bit and device choices below, while a PPO adapter
-            sits on the merged SFT model.)
+            (Not ``peft.AutoPeftModelForCausalLM``: it loads one unmerged adapter on the base
+            its config names, while the course merges adapters into 16/32-bit weights and a
+            PPO adapter sits on the merged SFT model.)
         load_in_4bit: NF4 4-bit weights with double quantisation (bitsandbytes).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         dtype: compute dtype name; float32 on CPU and float16 on GPU when None.

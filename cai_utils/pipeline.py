@@ -98,21 +98,22 @@ def training_data_summary(out: Path, const, prof: Profile, paths: dict | None = 
         "judge_agrees_with_rule_by_kind": counts.get("judge_agrees_with_rule_by_kind")}}
 
 
-def _made_from(path: Path, source: Path) -> bool:
+def _made_from(path: Path, source: Path | None) -> bool:
     """False when a data file's manifest records another content of its source file (pairs
     made from an earlier stage-1 file); files made before the source was recorded count."""
     from .data import file_sha256
 
     made = (read_manifest(path) or {}).get("source_sha256")
-    return made is None or not Path(source).is_file() or made == file_sha256(source)
+    return made is None or source is None or not Path(source).is_file() or made == file_sha256(source)
 
 
-def _remake_if_stale(path: Path, source: Path, log) -> None:
+def _remake_if_stale(path: Path, source: Path | None, log) -> None:
     """Remove a data file (its ties and manifest too) made from another content of its source."""
-    if Path(path).exists() and not _made_from(path, source):
+    files = (path, path.with_name(path.stem + ".ties.jsonl"), manifest_path(path))
+    if any(f.exists() for f in files) and not _made_from(path, source):  # all ties: no pairs file
         log(f"[label] {path} was made from an earlier {Path(source).name}: pairs made again")
-        for stale in (path, path.with_name(path.stem + ".ties.jsonl"), manifest_path(path)):
-            Path(stale).unlink(missing_ok=True)
+        for stale in files:
+            stale.unlink(missing_ok=True)
 
 
 def _same_constitution(path: Path, const) -> bool:
@@ -179,6 +180,11 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
     def pairs_source() -> Path:  # samples mode draws two answers per prompt; the others pair stage 1
         return rl_prompts if prof.candidate_mode == "samples" else paths["critique"]
 
+    def pairs_made_from() -> Path | None:
+        """The stage-1 file the pairs must come from; None for sampled pairs, which do not depend
+        on stage 1 (notebook 03 samples from a prompt file of its own)."""
+        return None if prof.candidate_mode == "samples" else paths["critique"]
+
     def trained_with(stage: str) -> dict:  # a changed setting (run --set dpo.beta=...) retrains
         return adapters.training_settings(prof, stage)
 
@@ -201,14 +207,14 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
         # mix and revision modes pair stage-1 answers; samples mode starts afresh
         # pairs made with other pair settings are refused (check_resume), not silently kept
         # pairs made from an earlier stage-1 file are made again (SFT retrains on the new file)
-        "label": (lambda: _made_from(paths["label"], pairs_source()) and _same_constitution(
+        "label": (lambda: _made_from(paths["label"], pairs_made_from()) and _same_constitution(
                       paths["label"], const) and not check_resume(paths["label"], {
                       "candidates": prof.candidate_mode,  # two samples have no rule: judge labels
                       "label_source": "judge" if prof.candidate_mode == "samples" else prof.label_source,
                       "judge_mode": prof.judge_mode, "tie_threshold": prof.tie_threshold,
                       "n_pairs": prof.n_pairs, "benign_pair_share": prof.benign_pair_share,
                       "pair_tactics": prof.pair_tactics}),
-                  lambda: (_remake_if_stale(paths["label"], pairs_source(), log),
+                  lambda: (_remake_if_stale(paths["label"], pairs_made_from(), log),
                            run_label(const, pairs_source(), paths["label"], profile=prof))[1]),
         # a stage is done when its adapter was trained on the current data and the current
         # upstream adapters (a rerun that retrains SFT retrains everything after it)

@@ -1,23 +1,28 @@
-"""Generation on a server that speaks the OpenAI chat API: vLLM's ``vllm serve``, or SGLang, TGI
-or llama.cpp's server.
+"""Generation on a vLLM server (``vllm serve``), through the OpenAI chat API it speaks.
 
 Teams that outgrow one process run generation on an engine built for it: continuous batching,
 a prefix cache shared across requests (stage 1's worked example is read once per server, not
 once per batch), tensor parallelism. vLLM cannot live in this course's environment (its newest
 release pins an older transformers), so it runs in its own environment or container and the
 course talks to it over HTTP. Point ``CAI_GENERATION_SERVER`` at its base URL
-(``http://localhost:8000/v1``); stage 1 then answers, critiques and revises with every model the
-server lists under ``/models`` and loads the others with transformers, as without a server.
+(``http://localhost:8000/v1``; ``CAI_GENERATION_SERVER_KEY`` if it was started with
+``--api-key``); stage 1 then answers, critiques and revises with every model the server lists
+under ``/models`` and loads the others with transformers, as without a server.
 
 ``ServerGenerator`` has the same ``chat`` method as ``HFGenerator``: requests go out in parallel
 (the server batches them), answers come back in input order, and each item's sampling seed is
-``item_seed(seed, key)``, so an item's text does not depend on which requests ran beside it.
-Request and response fields follow vLLM's ``ChatCompletionRequest`` (``max_completion_tokens``,
-``seed``, ``repetition_penalty``; ``finish_reason`` and ``usage.completion_tokens`` back).
+``item_seed(seed, key)`` (vLLM's kernels are not batch-invariant by default, so a text can still
+differ with what ran beside it). Request and response fields follow vLLM's
+``ChatCompletionRequest``: ``max_completion_tokens``, ``seed``, ``repetition_penalty``, and
+``top_k=0`` and ``min_p=0`` so that the model's own ``generation_config.json`` (Qwen2.5's
+``top_k=20``) does not narrow the sampling the profile records; ``finish_reason`` and
+``usage.completion_tokens`` come back. Other servers with this API may work; only vLLM's fields
+were checked.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -48,7 +53,8 @@ def server_url(url: str | None = None) -> str | None:
 
 def _call(url: str, payload: dict | None = None, timeout: float = 600.0,
           api_key: str | None = None, tries: int = 3) -> dict:
-    """GET (no payload) or POST JSON; retries a refused connection, not an error answer."""
+    """GET (no payload) or POST JSON. A refused connection is tried again (a server starting
+    up); an error answer, a timeout or a body that is not JSON is one line at once."""
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -58,15 +64,23 @@ def _call(url: str, payload: dict | None = None, timeout: float = 600.0,
             request = urllib.request.Request(url, data=data, headers=headers)
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
-        except urllib.error.HTTPError as err:
+        except urllib.error.HTTPError as err:  # before URLError, its parent class
             body = err.read().decode(errors="replace")[:300].replace("\n", " ")
             raise GenerationServerError(f"{url}: HTTP {err.code}: {body}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        except (TimeoutError, json.JSONDecodeError, http.client.HTTPException) as err:
+            raise GenerationServerError(f"{url}: {type(err).__name__}: {err}") from None
+        except (urllib.error.URLError, ConnectionError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, TimeoutError):
+                raise GenerationServerError(f"{url}: timed out after {timeout:g} s") from None
             if attempt == tries - 1:
-                reason = getattr(err, "reason", err)
                 raise GenerationServerError(f"{url}: cannot reach the server ({reason})") from None
             time.sleep(0.5 * 2 ** attempt)
     raise AssertionError("unreachable")
+
+
+def _api_key() -> str | None:
+    return os.environ.get("CAI_GENERATION_SERVER_KEY") or None
 
 
 def served_models(url: str | None = None, timeout: float = 5.0) -> list[str]:
@@ -74,19 +88,20 @@ def served_models(url: str | None = None, timeout: float = 5.0) -> list[str]:
     base = server_url(url)
     if base is None:
         raise GenerationServerError(f"no server: pass a URL or set {ENV}")
-    return [m["id"] for m in _call(f"{base}/models", timeout=timeout, tries=1).get("data", [])]
+    listing = _call(f"{base}/models", timeout=timeout, api_key=_api_key(), tries=1)
+    return [m["id"] for m in listing.get("data", [])]
 
 
 class ServerGenerator:
     """``chat`` over a server's ``/chat/completions``, ``workers`` requests in flight."""
 
-    def __init__(self, model: str, url: str | None = None, workers: int = 32,
+    def __init__(self, model: str, url: str | None = None, workers: int = 64,
                  timeout: float = 600.0, progress: bool = True):
         self.url = server_url(url)
         if self.url is None:
             raise GenerationServerError(f"no server: pass a URL or set {ENV}")
         self.model, self.workers, self.timeout, self.progress = model, workers, timeout, progress
-        self.api_key = os.environ.get("CAI_GENERATION_SERVER_KEY")
+        self.api_key = _api_key()
         self.stats = {"items": 0, "new_tokens": 0, "seconds": 0.0}
 
     def payload(self, conversation: list[dict], params: SamplingParams, key: str) -> dict:
@@ -99,7 +114,8 @@ class ServerGenerator:
         """
         return {"model": self.model, "messages": conversation,
                 "max_completion_tokens": params.max_new_tokens,
-                "temperature": params.temperature, "top_p": params.top_p,
+                "max_tokens": params.max_new_tokens,  # for servers that know only the older name
+                "temperature": params.temperature, "top_p": params.top_p, "top_k": 0, "min_p": 0.0,
                 "repetition_penalty": params.repetition_penalty,
                 "seed": item_seed(params.seed, key)}
 
@@ -116,11 +132,17 @@ class ServerGenerator:
 
     def chat(self, conversations, params, keys=None, desc="generating"):
         keys = keys or [str(i) for i in range(len(conversations))]
+        if len(keys) != len(conversations):
+            raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         bodies = [self.payload(c, params, k) for c, k in zip(conversations, keys)]
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(bodies)))) as pool:
-            results = list(tqdm(pool.map(self._one, bodies), total=len(bodies), desc=desc,
-                                unit="item", disable=not self.progress, leave=False))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(bodies))))
+        try:
+            futures = [pool.submit(self._one, body) for body in bodies]
+            results = [f.result() for f in tqdm(futures, desc=desc, unit="item",
+                                                disable=not self.progress, leave=False)]
+        finally:  # one failed request: the queued ones are not sent
+            pool.shutdown(wait=True, cancel_futures=True)
         self.stats["items"] += len(results)
         self.stats["new_tokens"] += sum(r.tokens for r in results)
         self.stats["seconds"] += time.perf_counter() - start

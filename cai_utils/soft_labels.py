@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .data import read_jsonl, write_json_atomic, write_jsonl_atomic
+from .manifest import read_manifest
 from .profiles import Profile, get_profile
 from .rl import load_reward_model, pairwise_outcomes, reward_is_current, train_reward
 
@@ -41,11 +42,13 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None,
     """Three reward models on the same stage-2 pairs: ``rule`` (the rule's 0/1 labels),
     ``judge`` (the judge's favourite as 0/1) and ``soft`` (the judge's P(chosen)), each with
     the profile's reward settings, scored on the hand-labelled pairs. Returns ``{arm:
-    {"share", "ci95", "n", "correct", "trained", "seconds"}, "soft_vs_judge": paired difference,
+    {"share", "ci95", "n", "correct", "trained", "seconds", "folder", "labels"}, "soft_vs_judge":
+    paired difference,
     "judge_vs_rule": ...}``, also written to ``out/compare.json``. A model already trained on
     the same file is not trained again, and ``rule_model`` (a reward model trained elsewhere,
     e.g. notebook 06's own) stands in for the ``rule`` arm when it was trained on ``prefs``'
-    0/1 labels with these settings."""
+    0/1 labels with these settings. ``labels`` says whose labels an arm learnt: the ``rule`` arm's
+    are the judge's when the file's pairs were labelled by the judge (its manifest says so)."""
     from .preferences import as_judge_labels
     from .stats import newcombe_paired
 
@@ -56,6 +59,9 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None,
     from .adapters import training_settings
 
     settings = training_settings(prof, "reward")
+    # the first arm trains on the file as labelled: the rule's labels, unless the file's pairs were
+    # labelled by the judge (label_source="judge", or two samples), when it repeats the judge arm
+    file_labels = (read_manifest(prefs) or {}).get("label_source", "rule")
     for arm, data, soft in (("rule", Path(prefs), False), ("judge", judged, False), ("soft", judged, True)):
         folder = out / f"reward-{arm}"
         if arm == "rule" and rule_model and reward_is_current(rule_model, data, soft, settings):
@@ -65,7 +71,8 @@ def compare_labels(prefs, out, profile: str | Profile | None = None, pairs=None,
         if trained:
             train_reward(data, folder, model=prof.policy_model, profile=prof, soft_labels=soft)
         results[arm] = {**hand_label_accuracy(folder, prof, pairs), "trained": trained,
-                        "seconds": round(time.perf_counter() - start, 1)}
+                        "seconds": round(time.perf_counter() - start, 1), "folder": str(folder),
+                        "labels": file_labels if arm == "rule" else "judge"}
     results["soft_vs_judge"] = newcombe_paired(results["judge"]["correct"], results["soft"]["correct"])
     results["judge_vs_rule"] = newcombe_paired(results["rule"]["correct"], results["judge"]["correct"])
     write_json_atomic(out / "compare.json", results)

@@ -81,9 +81,9 @@ def test_new_sft_data_retrains_every_model_downstream_of_sft(pipeline):
     rerun = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
                          log=lambda _: None)
     ran = [n for n, s in rerun["stages"].items() if s["status"] == "ran"]
-    # the pairs are made again from the new stage-1 file, and every model after SFT retrains
-    # (the reward model only if the new pairs differ)
-    assert [n for n in ran if n != "reward"] == ["validate", "label", "sft", "dpo", "ppo", "evaluate"]
+    # the pairs are made again from the new stage-1 file (each pair records its source), and
+    # every model after them retrains
+    assert ran == ["validate", "label", "sft", "dpo", "reward", "ppo", "evaluate"]
     assert read_manifest(out / "prefs.jsonl")["source_sha256"] == file_sha256(out / "sft.jsonl")
 
 

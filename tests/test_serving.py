@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def server(default_model):
-    """``(url, bodies)``: a server listing the model ``default``; ``bodies`` collects requests."""
+    """``(url, bodies, auth)``: a server listing the model ``default``; ``bodies`` collects
+    requests; with ``auth["key"]`` set, requests without that bearer key get HTTP 401."""
     model, tokenizer = default_model
     engine = HFGenerator(model, tokenizer, batch_size=1, progress=False)
-    lock, bodies = threading.Lock(), []
+    lock, bodies, auth = threading.Lock(), [], {"key": None}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -39,12 +40,22 @@ def server(default_model):
             self.end_headers()
             self.wfile.write(data)
 
+        def refused(self):
+            if auth["key"] and self.headers.get("Authorization") != f"Bearer {auth['key']}":
+                self.reply(401, {"error": {"message": "Unauthorized"}})
+                return True
+            return False
+
         def do_GET(self):
+            if self.refused():
+                return None
             if self.path == "/v1/models":
                 return self.reply(200, {"object": "list", "data": [{"id": "default", "object": "model"}]})
             self.reply(404, {"error": {"message": "no such route"}})
 
         def do_POST(self):
+            if self.refused():
+                return None
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body.get("model") != "default":
                 return self.reply(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
@@ -62,7 +73,7 @@ def server(default_model):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1", bodies
+    yield f"http://127.0.0.1:{httpd.server_port}/v1", bodies, auth
     httpd.shutdown()
     httpd.server_close()
 
@@ -76,7 +87,7 @@ CONVERSATIONS = [
 
 
 def test_server_answers_equal_the_in_process_engines_in_input_order(server, default_model):
-    url, bodies = server
+    url, bodies, _ = server
     params = SamplingParams(max_new_tokens=12)
     client = ServerGenerator("default", url, workers=3, progress=False)
     got = client.chat(CONVERSATIONS, params, keys=["a", "b", "c"])
@@ -86,6 +97,8 @@ def test_server_answers_equal_the_in_process_engines_in_input_order(server, defa
     seeds = {json.dumps(b["messages"]): b["seed"] for b in bodies}
     assert [seeds[json.dumps(c)] for c in CONVERSATIONS] == [item_seed(0, k) for k in "abc"]
     assert {b["max_completion_tokens"] for b in bodies} == {12} and client.stats["items"] == 3
+    # the model's own generation_config.json (Qwen's top_k=20) must not narrow the sampling
+    assert {(b["top_k"], b["min_p"]) for b in bodies} == {(0, 0.0)}
     assert served_models(url) == ["default"]
 
 
@@ -93,7 +106,7 @@ def test_server_answers_equal_the_in_process_engines_in_input_order(server, defa
 def test_stage1_answers_on_the_server_without_loading_the_model(server, tmp_path, monkeypatch, capsys):
     from cai_utils import critique, models
 
-    url, bodies = server
+    url, bodies, _ = server
     monkeypatch.setenv("CAI_GENERATION_SERVER", url)
     monkeypatch.setattr(models, "load_for_inference", lambda *a, **k: pytest.fail("loaded a model"))
     out = tmp_path / "sft.jsonl"
@@ -104,7 +117,10 @@ def test_stage1_answers_on_the_server_without_loading_the_model(server, tmp_path
     assert len(records) == 2 and all(r["messages"][-1]["role"] == "assistant" for r in records)
     # per prompt: a first answer, then a critique and a revision per round
     assert len(bodies) == 2 * (1 + 2 * records[0]["generation"]["rounds"])
-    assert read_manifest(out)["engines"] == {"default": url}
+    assert read_manifest(out)["engines"] == {"default": [url]}
+    again = critique.run_critique(ROOT / "constitutions" / "harmless-general.yaml",
+                                  ROOT / "data" / "prompts" / "red_team_train.jsonl", out, limit=2)
+    assert "(0 new)" in again and read_manifest(out)["engines"] == {"default": [url]}  # kept
 
 
 def test_an_unreachable_server_leaves_every_model_with_transformers():
@@ -114,8 +130,18 @@ def test_an_unreachable_server_leaves_every_model_with_transformers():
 
 
 def test_a_server_error_is_one_line(server):
-    url, _ = server
+    url, _, _ = server
     with pytest.raises(GenerationServerError) as err:
         ServerGenerator("other", url, progress=False).chat(CONVERSATIONS[1:2], SamplingParams(max_new_tokens=4))
     message = str(err.value)
     assert "HTTP 404" in message and "`other` does not exist" in message and "\n" not in message
+
+
+def test_the_servers_key_is_sent_with_every_request(server, monkeypatch):
+    url, _, auth = server
+    auth["key"] = "k-123"
+    assert engines_for(["default"], url)[0] == {}  # no key: the listing is refused, transformers
+    monkeypatch.setenv("CAI_GENERATION_SERVER_KEY", "k-123")
+    engines, _ = engines_for(["default"], url)
+    answer = engines["default"].chat(CONVERSATIONS[1:2], SamplingParams(max_new_tokens=4))
+    assert len(answer) == 1 and answer[0].tokens > 0

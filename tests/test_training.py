@@ -260,6 +260,13 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     fresh = compare_labels(prefs, tmp_path / "cmp2", profile=one_step, pairs=hand, rule_model=own)
     assert fresh["rule"]["trained"] is False and not (tmp_path / "cmp2" / "reward-rule").exists()
     assert fresh["rule"]["correct"] == result["rule"]["correct"]
+    assert fresh["rule"]["folder"] == str(own) and result["soft"]["folder"].endswith("reward-soft")
+    # whose labels the first arm learnt: the rule's, unless the file's pairs were judge-labelled
+    from cai_utils.manifest import write_manifest
+
+    assert result["rule"]["labels"] == "rule" and result["judge"]["labels"] == "judge"
+    write_manifest(prefs, complete=True, label_source="judge")
+    assert compare_labels(prefs, tmp_path / "cmp", profile=one_step, pairs=hand)["rule"]["labels"] == "judge"
     from cai_utils.adapters import training_settings
 
     assert rl.reward_is_current(own, prefs, False, training_settings(one_step, "reward"))
