@@ -41,7 +41,7 @@ def reward_is_current(out: str | Path, data: str | Path, soft_labels: bool, sett
 
 
 def pairwise_outcomes(model, tokenizer, records: list[dict]) -> list[float]:
-    """Per pair, 1.0 when the reward model scores the chosen answer above the rejected one."""
+    """Per pair, 1.0 when the reward model scores chosen above rejected (TRL gives only the share)."""
     prompts = [r["prompt"] for r in records]
     chosen = reward_scores(model, tokenizer, prompts, [r["chosen"] for r in records])
     rejected = reward_scores(model, tokenizer, prompts, [r["rejected"] for r in records])
