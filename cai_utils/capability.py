@@ -8,6 +8,7 @@ loaded (an adapter merged in), so nothing is loaded twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -49,22 +50,37 @@ def _task_manager(local_only: bool):
     return TaskManager(include_defaults=not local_only)
 
 
-def capability_scores(model, tokenizer, tasks: tuple[str, ...] | list[str],
-                      limit: int | None = None, batch_size: int = 16) -> dict[str, dict]:
+def capability_scores(model, tokenizer, tasks: tuple[str, ...] | list[str], limit: int | None = None,
+                      batch_size: int = 16, task_limits: dict[str, int] | None = None) -> dict[str, dict]:
     """Score a loaded model on lm-eval tasks.
 
     Returns ``{task: {"score", "ci95", "n", "metric", "correct"}}``: ``correct`` lists 0/1
     per item in document order (for paired comparisons) when lm-eval logs samples for the
     task, and the interval is then a Wilson interval; for a group of tasks (mmlu) it is
-    lm-eval's standard error x 1.96. ``limit`` applies per task (per subtask in a group).
+    lm-eval's standard error x 1.96. ``limit`` applies per task (per subtask in a group);
+    ``task_limits`` replaces it for the tasks it names (``{"mmlu": 20}``). Generative tasks
+    (gsm8k) decode with the task's own settings only: the model's ``generation_config`` (Qwen2.5's
+    repetition penalty 1.1, top-k 20) is set aside while lm-eval runs.
     """
     import logging
 
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    groups: dict[int | None, list[str]] = {}  # one lm-eval run per distinct limit
+    for task in tasks:
+        groups.setdefault((task_limits or {}).get(task, limit), []).append(task)
+    scores = {}
+    with plain_generation_config(model):
+        for task_limit, names in groups.items():
+            scores |= _evaluate(lm, names, task_limit)
+    return {task: scores[task] for task in tasks}
+
+
+def _evaluate(lm, tasks: list[str], limit: int | None) -> dict[str, dict]:
+    from lm_eval import simple_evaluate
+
     specs = [task_spec(t) for t in tasks]
     try:
         result = simple_evaluate(model=lm, tasks=specs, limit=limit, log_samples=True,
@@ -73,6 +89,25 @@ def capability_scores(model, tokenizer, tasks: tuple[str, ...] | list[str],
     except KeyError as err:  # an unknown task name
         raise DataError(f"lm-eval: {err.args[0]}") from None
     return scores_from_results(result, tasks)
+
+
+@contextlib.contextmanager
+def plain_generation_config(model):
+    """While inside, ``model.generation_config`` holds only the special token ids: no sampling
+    defaults, repetition penalty or length settings from the model's ``generation_config.json``,
+    which ``generate`` would otherwise apply under whatever lm-eval asks for."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    if own is None:
+        yield model
+        return
+    model.generation_config = GenerationConfig(**{k: getattr(own, k) for k in
+                                                  ("bos_token_id", "eos_token_id", "pad_token_id")})
+    try:
+        yield model
+    finally:
+        model.generation_config = own
 
 
 def _leaves(result: dict, name: str) -> list[str]:

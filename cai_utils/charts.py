@@ -130,7 +130,7 @@ def charts(report: dict, folder: Path) -> list[Path]:
     ax = fig.subplots()
     tasks = list(m["base"]["capability"])
     if tasks:
-        _bars(ax, labels, tasks, lambda l, t: {"mean": m[l]["capability"][t]["score"],
+        _bars(ax, [l for l in labels if m[l]["capability"]], tasks, lambda l, t: {"mean": m[l]["capability"][t]["score"],
                                                "ci95": m[l]["capability"][t]["ci95"]}, "accuracy")
         if all(t.startswith("cai_") for t in tasks):  # the course's tasks have 4 options
             ax.axhline(0.25, color="grey", linestyle=":", label="chance")

@@ -117,10 +117,9 @@ class Profile:
     judge_model: str | None = None
     load_in_4bit: bool = False
     dtype: str = "float32"  # compute dtype: float32 on CPU, float16 on T4, bfloat16 on Ampere+
-    # On a CPU with native bf16 dot products (AVX512-BF16 or AMX, see ``cpu_has_bf16``): answer
-    # and judge in bfloat16, and train with bf16 autocast over fp32 weights (LoRA and optimizer
-    # state stay fp32). On this course's CPU a bf16 matmul ran ~4x, greedy answers 2.6x and an
-    # SFT step ~1.5x faster than fp32. Elsewhere, and on GPUs (which use ``dtype``), nothing changes.
+    # On a CPU with native bf16 dot products (AVX512-BF16 or AMX, ``cpu_has_bf16``): answer and
+    # judge in bf16, train with bf16 autocast over fp32 weights. Here a bf16 matmul ran ~4x, greedy
+    # answers 2.6x and an SFT step ~1.5x faster than fp32. Elsewhere and on GPUs, nothing changes.
     cpu_bf16: bool = False
 
     # Stage 1: critique-revision data.
@@ -198,7 +197,12 @@ class Profile:
     guard_model: str | None = None
     xstest: bool = False
     lm_eval_tasks: tuple[str, ...] = ("cai_science", "cai_arithmetic", "cai_commonsense")
-    lm_eval_limit: int | None = 20
+    lm_eval_limit: int | None = 20  # questions per task (per subtask of a group such as mmlu)
+    lm_eval_task_limits: tuple[tuple[str, int], ...] = ()  # per task, e.g. (("mmlu", 20),)
+    # lm-eval's own batch (None: ``batch_size``): it keeps a full-vocabulary log-softmax at every
+    # position, so on a 150k vocabulary far fewer rows fit than when generating
+    lm_eval_batch_size: int | None = None
+    lm_eval_all_models: bool = True  # False: capability of the base and the final model only
 
     def model_for(self, role: str) -> str:
         """The model id for a role: ``policy``, ``critic`` or ``judge``.

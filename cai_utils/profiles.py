@@ -145,6 +145,12 @@ PROFILES: dict[str, Profile] = {
         xstest=True,
         lm_eval_tasks=("arc_easy", "hellaswag", "mmlu", "truthfulqa_mc2", "gsm8k"),
         lm_eval_limit=200,
+        # 20 questions from each of MMLU's 57 subjects (1,140) rather than up to 200 (~9,000)
+        lm_eval_task_limits=(("mmlu", 20),),
+        # lm-eval's log-softmax over Qwen's 151,936-token vocabulary: ~0.6 GB a row for the longest
+        # MMLU prompts, so 32 rows (the generation batch) would need ~19 GB of a 15 GB T4
+        lm_eval_batch_size=4,
+        lm_eval_all_models=False,  # base and final: the tax of what you ship (--set lm_eval_all_models=true)
     ),
     "a100": Profile(
         name="a100",
@@ -185,6 +191,8 @@ PROFILES: dict[str, Profile] = {
         xstest=True,
         lm_eval_tasks=("arc_easy", "hellaswag", "mmlu", "truthfulqa_mc2", "gsm8k"),
         lm_eval_limit=1000,
+        lm_eval_batch_size=8,  # ~5 GB of log-softmax at the longest MMLU prompts, beside 15 GB of weights
+        lm_eval_all_models=False,
     ),
 }
 
@@ -206,7 +214,7 @@ PROFILES["t4-quick"] = PROFILES["t4"].replace(
 # pair, so under the GPU profiles' 0.1 every pair would be a tie and nothing downstream would train.)
 BRANCH_FIELDS = ("critic", "load_in_4bit", "rounds", "round_temperatures", "few_shot",
                  "candidate_mode", "label_source", "judge_mode", "lora_target_modules",
-                 "gradient_checkpointing", "rl")
+                 "gradient_checkpointing", "rl", "lm_eval_all_models")
 
 
 def stand_in(name: str) -> Profile:

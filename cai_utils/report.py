@@ -60,11 +60,12 @@ def fingerprint(name: str) -> str:
 
 
 REPORT_FORMAT = 2  # 2: red-team refusals per tactic; a report in another format is remade
-def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings) -> list[dict] | None:
+def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings, task_limits) -> list[dict] | None:
     manifest = read_manifest(path)
     if not (manifest and manifest.get("complete") and manifest.get("model") == fingerprint(model)
             and manifest.get("items") == content_id(ids) and manifest.get("tasks") == list(tasks)
-            and manifest.get("lm_eval_limit") == limit and manifest.get("generation") == settings):
+            and manifest.get("lm_eval_limit") == limit and manifest.get("generation") == settings
+            and manifest.get("lm_eval_task_limits", {}) == task_limits):
         return None
     return read_jsonl(path)
 
@@ -80,7 +81,8 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
     ids = [f"{i['set']}/{i['id']}" for i in items]
     path = out / "answers" / f"{label}.jsonl"
     settings = generation_settings(prof)
-    cached = _answers_done(path, name, ids, tasks, lm_eval_limit, settings)
+    task_limits = dict(prof.lm_eval_task_limits) if tasks else {}  # per task, over lm_eval_limit
+    cached = _answers_done(path, name, ids, tasks, lm_eval_limit, settings, task_limits)
     if cached is not None:
         return {"answers": cached, "capability": json.loads((out / "answers" / f"{label}.capability.json").read_text()),
                 "seconds": read_manifest(path)["seconds"], "cached": True}
@@ -92,12 +94,14 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
     answers = [{"id": i["id"], "set": i["set"], "category": i.get("category"),
                 "messages": i["messages"], "answer": o.text, "finished": o.finished}
                for i, o in zip(items, outs)]
-    capability = capability_scores(model, tokenizer, tasks, lm_eval_limit, prof.batch_size) if tasks else {}
+    capability = capability_scores(model, tokenizer, tasks, lm_eval_limit, prof.lm_eval_batch_size or prof.batch_size,
+                                   task_limits) if tasks else {}
     seconds = round(time.perf_counter() - start, 1)
     write_json_atomic(out / "answers" / f"{label}.capability.json", capability)
     write_jsonl_atomic(path, answers)
     write_manifest(path, complete=True, model=fingerprint(name), items=content_id(ids), tasks=list(tasks),
-                   lm_eval_limit=lm_eval_limit, generation=settings, profile=prof.name, seconds=seconds)
+                   lm_eval_limit=lm_eval_limit, generation=settings, profile=prof.name, seconds=seconds,
+                   **({"lm_eval_task_limits": task_limits} if task_limits else {}))
     del model
     return {"answers": answers, "capability": capability, "seconds": seconds, "cached": False}
 
@@ -147,7 +151,11 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         elif progress:
             print(f"XSTest could not be read from the hub ({XSTEST_SOURCE['hub']}: HF_HUB_OFFLINE "
                   "is set or the hub is unreachable), so the report has no XSTest set")
-    per_model = {label: answer_and_score(label, name, sets, out, prof, tasks, lm_eval_limit, progress)
+    # capability for every model, or (GPU profiles: lm-eval is most of their evaluation time) for
+    # the base model and the last one trained only
+    measured = list(models) if prof.lm_eval_all_models else ["base", list(models)[-1]]
+    per_model = {label: answer_and_score(label, name, sets, out, prof, tasks if label in measured else (),
+                                         lm_eval_limit, progress)
                  for label, name in models.items()}
 
     judge_name = judge_model or prof.model_for("judge")
@@ -205,7 +213,8 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         | ({"harmbench": harmbench_source()} if "harmbench" in sets else {})
         | ({"xstest": XSTEST_SOURCE} if "xstest" in sets else {}),
         generation=generation_settings(prof), training_data=training_data,
-        lm_eval={"tasks": list(tasks), "limit": lm_eval_limit},
+        lm_eval={"tasks": list(tasks), "limit": lm_eval_limit, "task_limits": dict(prof.lm_eval_task_limits),
+                 "models": [m for m in models if m in measured] if tasks else []},
         seconds={"per_model": {k: v["seconds"] for k, v in per_model.items()},
                  "total": round(time.perf_counter() - start, 1)})
     write_report(report, scores, out)

@@ -40,7 +40,7 @@ def summary_table(report: dict) -> str:
         cells = ([label] + [_pct(m[key]) for _, key in cols] + [
             _num(m["harmlessness"]), _pct(m["helpfulness"]) if "helpfulness" in m else "(reference)",
             f"{sum(caps) / len(caps):.3f}" if caps else "-",
-            f"{tax['mean']:+.1f}%" if tax else "(reference)"])
+            f"{tax['mean']:+.1f}%" if tax else "(reference)" if label == "base" else "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,7 +178,9 @@ def markdown(report: dict) -> str:
              + f"; answers greedy, at most {report['generation']['max_new_tokens']} new tokens "
              f"({report['generation'].get('refusal_only_max_new_tokens')} where only refusals are scored); "
              f"capability tasks {', '.join(report['lm_eval']['tasks']) or 'skipped'}"
-             + (f" (limit {report['lm_eval']['limit']})" if report["lm_eval"]["tasks"] else "")
+             + (f" (limit {report['lm_eval']['limit']}" + "".join(
+                 f"; {t} {k}" for t, k in report["lm_eval"].get("task_limits", {}).items()) + ")"
+                if report["lm_eval"]["tasks"] else "")
              + (f"; second judge {report['guard']['model']} ({report['guard']['citation']}, "
                 f"{report['guard']['licence']}) on the red-team answers"
                 + (f": skipped, {report['guard']['skipped']}" if "skipped" in report["guard"] else "")
@@ -202,12 +204,18 @@ def markdown(report: dict) -> str:
     if tasks and report["metrics"]["base"]["capability"]:
         lines += ["", "## Capability and the alignment tax (+ = regression)", "",
                   "| model | " + " | ".join(tasks) + " | mean tax |", "|---|" + "---|" * (len(tasks) + 1)]
+        skipped = [label for label, m in report["metrics"].items() if not m["capability"]]
         for label, m in report["metrics"].items():
+            if label in skipped:
+                continue
             tax = report["alignment_tax"].get(label, {})
             cells = [f"{m['capability'][t]['score']:.3f}" + (f" ({tax[t]:+.1f}%)" if t in tax else "")
                      for t in tasks]
             mean = f"{tax['mean']:+.1f}%" if tax else "(reference)"
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+        if skipped:
+            lines += ["", f"Not measured: {', '.join(skipped)} (this profile scores capability on the base "
+                      "and the last model trained only; `--set lm_eval_all_models=true` scores every model)."]
     if report.get("training_data"):
         lines += ["", *training_data_lines(report["training_data"])]
     lines += ["", "## Charts", ""] + [f"![{c}](charts/{c}.png)" for c in CHARTS]

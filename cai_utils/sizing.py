@@ -72,6 +72,27 @@ def train_memory_gb(shape: Shape, profile: Profile, tokens: int, sequences: int 
             + (activations + logits) / 1e9 + 0.5)  # + the CUDA context and allocator slack
 
 
+# the longest request lm-eval scores in one row, in tokens: 0-shot MMLU's longest subjects (a
+# passage and four options) about 1,000; the course's own tasks are one-line questions
+LONGEST_TOKENS = {"mmlu": 1000, "truthfulqa_mc2": 400, "hellaswag": 200, "arc_easy": 150}
+
+
+def lm_eval_memory_gb(shape: Shape, profile: Profile) -> float:
+    """Peak memory of lm-eval's first log-likelihood batch (it sorts the longest requests first):
+    the weights, and the 16-bit logits with their log-softmax at every position of every row.
+    Qwen2.5-1.5B in 4-bit at the generation batch of 32 needs more than a T4's 15 GB:
+
+    >>> t4 = Profile(name="x", description="", hardware="", memory="", load_in_4bit=True,
+    ...              dtype="float16", lm_eval_tasks=("mmlu",))
+    >>> qwen = SHAPES["Qwen/Qwen2.5-1.5B-Instruct"]
+    >>> [round(lm_eval_memory_gb(qwen, t4.replace(lm_eval_batch_size=b)), 1) for b in (32, 4)]
+    [21.1, 4.1]
+    """
+    batch = profile.lm_eval_batch_size or profile.batch_size
+    tokens = max((LONGEST_TOKENS.get(t, 60) for t in profile.lm_eval_tasks if t not in GENERATIVE), default=0)
+    return weight_gb(shape, profile.load_in_4bit, profile.dtype) + batch * tokens * shape.vocab * 4 / 1e9 + 0.5
+
+
 def train_seconds(shape: Shape, device: Device, tokens: float, checkpointing: bool,
                   reference: bool = False) -> float:
     """Seconds to train on ``tokens`` tokens (DPO: ``reference`` adds the frozen forward)."""
@@ -98,6 +119,8 @@ def decode_seconds(shape: Shape, device: Device, n: int, new_tokens: int, batch:
 # lm-eval tasks that are groups of subtasks (``limit`` applies to each) or that write answers
 SUBTASKS = {"mmlu": 57}
 GENERATIVE = {"gsm8k": 256}  # new tokens per question
+# the test split's size: a limit above it (or above a subject's, for mmlu) scores every question
+QUESTIONS = {"mmlu": 14042, "arc_easy": 2376, "hellaswag": 10042, "truthfulqa_mc2": 817, "gsm8k": 1319}
 HARMBENCH, XSTEST = 159, 250
 # per multiple-choice task: (answer options, tokens per option with its question); each option
 # is one log-likelihood. The course's own tasks are short questions
@@ -126,7 +149,7 @@ def _counts(profile: Profile) -> dict[str, int]:
 
 def plan(profile: Profile, device: Device, models: int | None = None) -> list[dict]:
     """One row per stage of ``run`` under ``profile`` on ``device``: what it does, estimated
-    seconds, and for training the estimated peak memory (GB). ``models``: how many models the
+    seconds, and for training and lm-eval the estimated peak memory (GB). ``models``: how many models the
     report evaluates (default: base, SFT, DPO and, with ``rl``, PPO)."""
     from .training import steps_for
 
@@ -205,16 +228,19 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
     n_eval = c["test_red_team"] + c["test_borderline"] + c["test_helpful"] + external
     eval_tokens = profile.eval_max_new_tokens
     s = models * decode_seconds(policy, device, n_eval, eval_tokens, profile.batch_size, wgb)
-    limit = profile.lm_eval_limit or 0
+    limits = {t: min(SUBTASKS.get(t, 1) * dict(profile.lm_eval_task_limits).get(t, profile.lm_eval_limit or 0),
+                     QUESTIONS.get(t, math.inf)) for t in profile.lm_eval_tasks}  # questions per task
     multiple = [t for t in profile.lm_eval_tasks if t not in GENERATIVE]
-    questions = sum(SUBTASKS.get(t, 1) * limit for t in multiple)
-    s += models * prefill_seconds(policy, device, sum(SUBTASKS.get(t, 1) * limit * math.prod(CHOICE_TOKENS.get(t, COURSE_TASK))
+    questions = sum(limits.values())
+    scored = models if profile.lm_eval_all_models else min(models, 2)  # else the base and the final model
+    s += scored * prefill_seconds(policy, device, sum(limits[t] * math.prod(CHOICE_TOKENS.get(t, COURSE_TASK))
                                                       for t in multiple))
-    s += models * sum(decode_seconds(policy, device, limit, GENERATIVE[t], profile.batch_size, wgb)
-                      + prefill_seconds(policy, device, limit * 800)  # few-shot GSM8K prompts
+    s += scored * sum(decode_seconds(policy, device, limits[t], GENERATIVE[t], profile.batch_size, wgb)
+                      + prefill_seconds(policy, device, limits[t] * 800)  # few-shot GSM8K prompts
                       for t in profile.lm_eval_tasks if t in GENERATIVE)
     rows.append({"stage": "answers", "work": f"{models} models x {n_eval} held-out prompts; "
-                 f"{questions} lm-eval questions", "seconds": s})
+                 f"{scored} models x {questions} lm-eval questions", "seconds": s,
+                 **({"memory_gb": lm_eval_memory_gb(policy, profile)} if questions else {})})
     s = prefill_seconds(judge, device, models * c["test_red_team"] * (PROMPT_TOKENS + 200 + eval_tokens)
                         + 2 * (models - 1) * c["test_helpful"] * (PROMPT_TOKENS + 150 + 2 * eval_tokens))
     rows.append({"stage": "judge", "work": f"{models} x {c['test_red_team']} ratings, "
@@ -231,7 +257,7 @@ def plan_table(profile: Profile, device: Device, rows: list[dict] | None = None)
     fits = lambda gb: "" if gb is None else f"{gb:.1f}" + (" (over!)" if gb > device.memory_gb else "")  # noqa: E731
     lines = [f"Estimate for profile `{profile.name}` on {device.name} (not a measurement; "
              "see cai_utils/sizing.py for how it is made):", "",
-             "| stage | work | minutes | training memory, GB |", "|---|---|---|---|"]
+             "| stage | work | minutes | peak memory, GB |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['work']} | {r['seconds'] / 60:.1f} | {fits(r.get('memory_gb'))} |" for r in rows]
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| **total** | | **{total / 60:.0f}** | |")
@@ -241,12 +267,12 @@ def plan_table(profile: Profile, device: Device, rows: list[dict] | None = None)
 def estimate_line(profile: Profile, stages: list[str]) -> str:
     """The line a notebook prints before its work: the estimated minutes of the stages it runs
     under the active profile (reward and PPO/GRPO counted even where ``run`` leaves them out),
-    and the peak memory of the training stages among them."""
+    and the peak memory of those that hold one (training, lm-eval)."""
     device = device_for(profile)
     rl = bool({"reward", "ppo", "grpo"} & set(stages))
     rows = [r for r in plan(profile.replace(rl=True) if rl else profile, device) if r["stage"] in stages]
     parts = ", ".join(f"{r['stage']} {r['seconds'] / 60:.1f}" for r in rows)
     memory = ", ".join(f"{r['stage']} {r['memory_gb']:.1f} GB" for r in rows if "memory_gb" in r)
     return (f"estimate for {profile.name} on {device.name}: ~{sum(r['seconds'] for r in rows) / 60:.1f} min "
-            f"({parts})" + (f"; training memory {memory}" if memory else "")
+            f"({parts})" + (f"; peak memory {memory}" if memory else "")
             + "; an estimate, not a measurement (python -m cai_utils plan)")

@@ -61,13 +61,82 @@ def test_standard_task_names_pass_through():
 
 @pytest.mark.slow
 def test_capability_scores_through_lm_eval(default_model):
+    """One limit for every task, and a task's own limit where the profile names one (the t4
+    profile asks 20 of each MMLU subject and 200 of the other tasks)."""
     model, tokenizer = default_model
     scores = capability_scores(model, tokenizer, ["cai_science", "cai_arithmetic"], limit=8,
-                               batch_size=8)
+                               batch_size=8, task_limits={"cai_arithmetic": 5})
+    assert list(scores) == ["cai_science", "cai_arithmetic"]
     for task, s in scores.items():
-        assert s["n"] == 8 and len(s["correct"]) == 8 and s["metric"] == "acc,none"
-        assert s["score"] == pytest.approx(sum(s["correct"]) / 8)
+        n = 5 if task == "cai_arithmetic" else 8
+        assert s["n"] == n and len(s["correct"]) == n and s["metric"] == "acc,none"
+        assert s["score"] == pytest.approx(sum(s["correct"]) / n)
         assert s["ci95"][0] <= s["score"] <= s["ci95"][1]
+
+
+GENERATIVE_TASK = """task: cai_tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\n\n"]
+  do_sample: false
+  temperature: 0.0
+  max_gen_toks: 24
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.mark.slow
+def test_generative_tasks_ignore_the_models_own_generation_config(default_model, tmp_path, monkeypatch):
+    """Qwen2.5's generation_config.json carries a repetition penalty (1.1) and top-k; transformers'
+    ``generate`` applies it under whatever lm-eval asks for, so gsm8k on a GPU profile would not
+    be greedy decoding. Here a model whose config carries a strong penalty writes, through
+    lm-eval, exactly what the same model with a plain config writes; without the guard it
+    would not (checked directly on the first prompt)."""
+    from cai_utils import capability
+
+    model, tokenizer = default_model
+    rows = [{"question": q, "answer": a} for q, a in (
+        ("Repeat after me: go go go go go go.", "go go go"), ("Count from one to ten in words.", "one"),
+        ("Say the word 'yes' five times.", "yes yes yes yes yes"))]
+    (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "cai_tiny_gen.yaml").write_text(GENERATIVE_TASK.format(data="tiny.jsonl"))
+    monkeypatch.setattr(capability, "tasks_folder", lambda: tmp_path)
+    monkeypatch.setitem(capability.METRICS, "cai_tiny_gen", "exact_match,none")
+    texts = []
+    real_generate = model.generate
+
+    def recording(*args, **kwargs):
+        out = real_generate(*args, **kwargs)
+        texts.append(tokenizer.batch_decode(out[:, kwargs["input_ids"].shape[1]:]))
+        return out
+
+    monkeypatch.setattr(model, "generate", recording, raising=False)
+    own = model.generation_config
+    try:
+        capability_scores(model, tokenizer, ["cai_tiny_gen"], batch_size=4)
+        plain = texts.pop()
+        model.generation_config = own.__class__.from_dict({**own.to_dict(), "repetition_penalty": 3.0,
+                                                           "top_k": 5, "no_repeat_ngram_size": 2})
+        capability_scores(model, tokenizer, ["cai_tiny_gen"], batch_size=4)
+        assert texts.pop() == plain
+        assert model.generation_config.repetition_penalty == 3.0  # given back afterwards
+        ids = tokenizer("Question: Repeat after me: go go go go go go.\nAnswer:", return_tensors="pt").input_ids
+        unguarded = real_generate(input_ids=ids, max_new_tokens=24, do_sample=False)
+        guarded = real_generate(input_ids=ids, max_new_tokens=24, do_sample=False, repetition_penalty=1.0,
+                                no_repeat_ngram_size=0)
+        assert unguarded.tolist() != guarded.tolist()  # the penalty would have changed the text
+    finally:
+        model.generation_config = own
 
 
 def test_scores_from_results_for_gsm8k_filters_and_nested_groups():

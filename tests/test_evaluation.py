@@ -154,6 +154,31 @@ def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_pat
     assert all(p.stat().st_size > 5000 for p in paths)
 
 
+def test_a_model_without_capability_scores_is_reported_as_not_measured(tmp_path):
+    """GPU profiles score capability on the base and the last model only (lm-eval is most of
+    their evaluation time): the middle model's row says so instead of failing or faking a tax."""
+    scores = {"base": fake_scores(0.0), "sft": {**fake_scores(0.5), "win": [1.0] * 4},
+              "dpo": {**fake_scores(0.5), "win": [1.0, 0.0, 1.0, 1.0]}}
+    capability = {"base": fake_capability([1.0] * 8 + [0.0] * 2), "sft": {},
+                  "dpo": fake_capability([1.0] * 6 + [0.0] * 4)}
+    report = build_report({"base": "default", "sft": "runs/x/sft", "dpo": "runs/x/dpo"}, scores, capability)
+    assert set(report["alignment_tax"]) == {"dpo"} and report["vs_base"]["sft"]["capability"] == {}
+    report.update(profile="t4", judge="j", constitution={"name": "c", "version": "1"},
+                  n={"red_team": 20, "borderline": 4, "helpful": 4, "harmbench": 30}, sources={},
+                  generation={"max_new_tokens": 32, "refusal_only_max_new_tokens": 32},
+                  lm_eval={"tasks": ["cai_science"], "limit": 200, "task_limits": {"mmlu": 20},
+                           "models": ["base", "dpo"]},
+                  seconds={"total": 1, "per_model": {"base": 1, "sft": 1, "dpo": 1}})
+    sft_row = next(line for line in summary_table(report).splitlines() if line.startswith("| sft |"))
+    assert sft_row.endswith("| - | - |")  # no capability, no tax; not "(reference)"
+    text = markdown(report)
+    tax_section = text.split("## Capability and the alignment tax")[1].split("##")[0]
+    assert "| dpo | 0.600 (+25.0%) | +25.0% |" in tax_section and "| sft |" not in tax_section
+    assert "Not measured: sft" in tax_section and "lm_eval_all_models=true" in tax_section
+    assert "capability tasks cai_science (limit 200; mmlu 20)" in text
+    assert (charts(report, tmp_path)[-1]).name == "capability.png"
+
+
 def test_the_tradeoff_chart_marks_the_aim_at_base_plus_40_points():
     import matplotlib
     matplotlib.use("Agg")
@@ -208,12 +233,13 @@ def test_cached_answers_are_reused_only_for_the_same_model_chain_and_generation_
     write_jsonl_atomic(path, [{"id": "a", "answer": "x"}])
     write_manifest(path, complete=True, model=report.fingerprint(str(ppo)), items=report.content_id(["a"]),
                    tasks=[], lm_eval_limit=None, generation=settings)
-    assert report._answers_done(path, str(ppo), ["a"], [], None, settings) is not None
+    assert report._answers_done(path, str(ppo), ["a"], [], None, settings, {}) is not None
+    assert report._answers_done(path, str(ppo), ["a"], [], None, settings, {"mmlu": 20}) is None
     for changed in (dataclasses.replace(prof, eval_max_new_tokens=prof.eval_max_new_tokens + 1),
                     dataclasses.replace(prof, dtype="bfloat16"), dataclasses.replace(prof, load_in_4bit=True)):
-        assert report._answers_done(path, str(ppo), ["a"], [], None, report.generation_settings(changed)) is None
+        assert report._answers_done(path, str(ppo), ["a"], [], None, report.generation_settings(changed), {}) is None
     (sft / "adapter_model.safetensors").write_bytes(b"retrained")  # the SFT under PPO changed
-    assert report._answers_done(path, str(ppo), ["a"], [], None, settings) is None
+    assert report._answers_done(path, str(ppo), ["a"], [], None, settings, {}) is None
 
 
 def test_improve_scores_rounds_on_validation_prompts_never_the_test_sets(monkeypatch, root):
@@ -268,3 +294,27 @@ def test_answer_sets_is_one_path_short_budget_for_refusal_only_sets_answers_in_i
                      (4, min(E.REFUSAL_TOKENS, prof.eval_max_new_tokens), "answers sft (refusal only)")]
     assert {name: [o.text for o in rows] for name, rows in outs.items()} == {
         name: [i["messages"][0]["content"] for i in items] for name, items in sets.items()}
+
+
+def test_lm_eval_gets_its_own_batch_and_task_limits_and_the_cache_knows_them(tmp_path, monkeypatch):
+    """GPU profiles give lm-eval a far smaller batch than generation (its log-softmax spans the
+    whole vocabulary) and MMLU fewer questions per subject; answers cached under other task
+    limits are not reused."""
+    from cai_utils import report
+    from cai_utils.manifest import read_manifest
+    from cai_utils.profiles import get_profile
+
+    seen = []
+    monkeypatch.setattr(report, "capability_scores", lambda model, tokenizer, tasks, limit, batch, task_limits:
+                        seen.append((tuple(tasks), limit, batch, task_limits)) or {})
+    prof = get_profile("ci").replace(lm_eval_batch_size=3, lm_eval_task_limits=(("cai_science", 2),))
+    sets = {"helpful": [{"id": "h1", "messages": [{"role": "user", "content": "Name a colour."}]}]}
+    first = report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10, progress=False)
+    assert seen == [(("cai_science",), 10, 3, {"cai_science": 2})] and not first["cached"]
+    assert read_manifest(tmp_path / "answers" / "base.jsonl")["lm_eval_task_limits"] == {"cai_science": 2}
+    assert report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10,
+                                   progress=False)["cached"]
+    other = prof.replace(lm_eval_task_limits=(("cai_science", 4),))
+    assert not report.answer_and_score("base", "default", sets, tmp_path, other, ("cai_science",), 10,
+                                       progress=False)["cached"]
+    assert seen[-1][3] == {"cai_science": 4}

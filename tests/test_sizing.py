@@ -83,10 +83,22 @@ def test_each_notebook_says_how_long_its_own_stages_take():
     assert "sft" not in sizing.estimate_line(cpu, ["critique"])
     assert "memory" not in sizing.estimate_line(cpu, ["critique"])
     gb = next(r["memory_gb"] for r in sizing.plan(PROFILES["t4"], sizing.DEVICES["t4"]) if r["stage"] == "dpo")
-    assert f"training memory dpo {gb:.1f} GB" in sizing.estimate_line(PROFILES["t4"], ["dpo"])
+    assert f"peak memory dpo {gb:.1f} GB" in sizing.estimate_line(PROFILES["t4"], ["dpo"])
     import json
     from cai_utils.data import project_root
 
     for path in sorted((project_root() / "notebooks").glob("0[2-7]_*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         assert any("sizing.estimate_line(profile" in "".join(c["source"]) for c in cells), path.name
+
+
+def test_lm_eval_fits_each_gpu_profiles_card_and_would_not_at_the_generation_batch():
+    """lm-eval keeps a full-vocabulary log-softmax for every position of every row (Qwen's
+    vocabulary: 151,936), longest requests first: at the generation batch (32 on t4) the first
+    MMLU batch alone would need more than a T4 has, so each GPU profile sets its own."""
+    for name, device in (("t4-quick", "t4"), ("t4", "t4"), ("a100", "a100")):
+        answers = next(r for r in sizing.plan(PROFILES[name], sizing.DEVICES[device]) if r["stage"] == "answers")
+        assert answers["memory_gb"] < sizing.DEVICES[device].memory_gb, (name, answers)
+    t4 = PROFILES["t4"]
+    unsized = t4.replace(lm_eval_batch_size=None)
+    assert sizing.lm_eval_memory_gb(sizing.SHAPES[t4.policy_model], unsized) > sizing.DEVICES["t4"].memory_gb
