@@ -75,7 +75,46 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, padding_side: str = "left"):
         raise ModelNotFoundError(_not_found(name, err)) from None
     distinct_pad(tokenizer)
     tokenizer.padding_side = padding_side
+    default = default_system_prompt(tokenizer)
+    if default is not None and default not in KEPT_SYSTEM_PROMPTS and default != COURSE_SYSTEM_PROMPT:
+        set_system_prompt(tokenizer, COURSE_SYSTEM_PROMPT)
     return tokenizer
+
+
+# The system message of a conversation without one: many chat templates add an unseen default
+# (Qwen2.5: "You are Qwen, created by Alibaba Cloud. ..."), in training (TRL renders with the same
+# template) and in every answer. The course's text replaces it, except for the defaults kept here:
+# the offline model's, under which every cpu result of the course was measured.
+COURSE_SYSTEM_PROMPT = "You are a helpful assistant."
+KEPT_SYSTEM_PROMPTS = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face",)
+
+
+def default_system_prompt(tokenizer) -> str | None:
+    """The system text the tokenizer's chat template adds when a conversation has none (None:
+    it adds nothing), found by rendering one message with and without a system message."""
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or not template:
+        return None
+    mark, user = "\x1fSYSTEM\x1f", [{"role": "user", "content": "\x1fUSER\x1f"}]
+    try:
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+        given = tokenizer.apply_chat_template([{"role": "system", "content": mark}] + user, tokenize=False)
+    except Exception:  # a template that takes no system message
+        return None
+    if mark not in given:
+        return None
+    before, after = given.split(mark, 1)
+    if bare.startswith(before) and bare.endswith(after) and len(bare) > len(before) + len(after):
+        return bare[len(before):len(bare) - len(after)]
+    return None
+
+
+def set_system_prompt(tokenizer, text: str) -> None:
+    """``text`` as the system message of a conversation without one, wherever the template renders."""
+    quoted = text.replace("\\", "\\\\").replace("'", "\\'")
+    tokenizer.chat_template = ("{%- if messages and messages[0]['role'] != 'system' %}"
+                               f"{{%- set messages = [{{'role': 'system', 'content': '{quoted}'}}] + messages %}}"
+                               "{%- endif %}" + tokenizer.chat_template)
 
 
 def distinct_pad(tokenizer) -> None:

@@ -201,3 +201,67 @@ def test_load_for_inference_takes_the_profiles_4bit_and_dtype(monkeypatch):
     assert seen == [("default", {"load_in_4bit": True, "dtype": "float32"}),
                     ("default", {"load_in_4bit": False, "dtype": "bfloat16"}),
                     ("guard", {"load_in_4bit": False, "dtype": "float32"})]
+
+
+# A chat template in the shape of Qwen2.5's (written for this test; the hub tokenizer is not
+# available offline): its own system text whenever a conversation has none
+QWEN_LIKE = ("{%- if messages[0]['role'] == 'system' %}"
+             "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+             "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+             "You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+             "{%- for m in messages %}{%- if m['role'] != 'system' %}"
+             "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+             "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def test_chat_rendering_carries_no_system_prompt_the_course_did_not_write(monkeypatch, tmp_path):
+    """Qwen2.5's template adds "You are Qwen, created by Alibaba Cloud..." to every conversation
+    without a system message, in the trainers' rendering as in the course's: load_tokenizer puts
+    the course's text there. The offline model's default is one the course keeps (every cpu
+    result was measured under it): its template is left exactly as it was."""
+    import transformers
+
+    user = [{"role": "user", "content": "How do I boil an egg?"}]
+    raw = transformers.AutoTokenizer.from_pretrained(models.resolve_model_path("default"))
+    kept = load_tokenizer("default")
+    assert models.default_system_prompt(raw) in models.KEPT_SYSTEM_PROMPTS
+    assert kept.chat_template == raw.chat_template
+
+    raw.chat_template = QWEN_LIKE
+    assert models.default_system_prompt(raw).startswith("You are Qwen")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: raw)
+    qwen = load_tokenizer("default")
+    turn = [*user, {"role": "assistant", "content": "Boil water, add the egg."}]  # as TRL renders a record
+    for conversation in (user, turn):
+        text = qwen.apply_chat_template(conversation, tokenize=False, add_generation_prompt=conversation is user)
+        assert "Alibaba" not in text and f"system\n{models.COURSE_SYSTEM_PROMPT}<|im_end|>" in text
+    own = qwen.apply_chat_template([{"role": "system", "content": "Be brief."}, *user], tokenize=False)
+    assert own.count("system\n") == 1 and "Be brief." in own and models.COURSE_SYSTEM_PROMPT not in own
+    # a trainer saves the tokenizer beside its adapter; loaded again, it is not wrapped twice
+    qwen.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    again = load_tokenizer(str(tmp_path))
+    assert models.default_system_prompt(again) == models.COURSE_SYSTEM_PROMPT
+    assert again.chat_template == qwen.chat_template
+    raw.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert models.default_system_prompt(raw) is None  # nothing added, nothing to replace
+
+
+@pytest.mark.parametrize("name", ["ci", "cpu", "t4-quick", "t4", "a100", "t4-cpu", "a100-cpu"])
+def test_the_judges_answer_options_are_single_tokens_for_each_profiles_tokenizer(name):
+    """The judge reads P(A)/P(B) and P("1")..P("5") from one next-token distribution, so each
+    option must be one token after its prefix, for every judge a profile names that is
+    available offline (the GPU profiles' Qwen tokenizers need the hub: checked at load there,
+    by the same function, with a one-line error)."""
+    from cai_utils import prompts
+    from cai_utils.judge import option_token_ids
+    from cai_utils.profiles import get_profile
+
+    judge = get_profile(name).model_for("judge")
+    try:
+        tokenizer = load_tokenizer(judge)
+    except ModelNotFoundError:
+        pytest.skip(f"{judge}: not available offline")
+    for prefix, options in ((prompts.JUDGE_ANSWER_PREFIX, "AB"), (prompts.RATING_ANSWER_PREFIX, "12345")):
+        ids = option_token_ids(tokenizer, prefix, options)
+        assert len(set(ids)) == len(options) and all(len(tokenizer.decode([i]).strip()) == 1 for i in ids)
