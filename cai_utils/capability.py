@@ -18,6 +18,7 @@ from .data import DataError, project_root
 
 # The score each task reports; everything else uses "acc,none".
 METRICS = {"hellaswag": "acc_norm,none", "gsm8k": "exact_match,flexible-extract"}
+GENERATIVE = {"gsm8k": 256}  # tasks that write answers, with their new tokens per question
 
 
 def tasks_folder() -> Path:
@@ -51,29 +52,33 @@ def _task_manager(local_only: bool):
 
 
 def capability_scores(model, tokenizer, tasks: tuple[str, ...] | list[str], limit: int | None = None,
-                      batch_size: int = 16, task_limits: dict[str, int] | None = None) -> dict[str, dict]:
+                      batch_size: int = 16, task_limits: dict[str, int] | None = None,
+                      generation_batch_size: int | None = None) -> dict[str, dict]:
     """Score a loaded model on lm-eval tasks.
 
     Returns ``{task: {"score", "ci95", "n", "metric", "correct"}}``: ``correct`` lists 0/1
     per item in document order (for paired comparisons) when lm-eval logs samples for the
     task, and the interval is then a Wilson interval; for a group of tasks (mmlu) it is
     lm-eval's standard error x 1.96. ``limit`` applies per task (per subtask in a group);
-    ``task_limits`` replaces it for the tasks it names (``{"mmlu": 20}``). Generative tasks
-    (gsm8k) decode with the task's own settings only: the model's ``generation_config`` (Qwen2.5's
-    repetition penalty 1.1, top-k 20) is set aside while lm-eval runs.
+    ``task_limits`` replaces it for the tasks it names (``{"mmlu": 20}``). ``batch_size`` is
+    for log-likelihood tasks (a full-vocabulary log-softmax per position and row), and
+    ``generation_batch_size`` (default: the same) for the tasks that write answers (gsm8k).
+    Those decode with the task's own settings only: the model's ``generation_config`` (Qwen2.5's
+    repetition penalty 1.1) is set aside while lm-eval runs.
     """
     import logging
 
     from lm_eval.models.huggingface import HFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    groups: dict[int | None, list[str]] = {}  # one lm-eval run per distinct limit
+    groups: dict[tuple, list[str]] = {}  # one lm-eval run per limit and batch size
     for task in tasks:
-        groups.setdefault((task_limits or {}).get(task, limit), []).append(task)
+        batch = (generation_batch_size or batch_size) if task in GENERATIVE else batch_size
+        groups.setdefault(((task_limits or {}).get(task, limit), batch), []).append(task)
     scores = {}
     with plain_generation_config(model):
-        for task_limit, names in groups.items():
+        for (task_limit, batch), names in groups.items():
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch)
             scores |= _evaluate(lm, names, task_limit)
     return {task: scores[task] for task in tasks}
 

@@ -11,7 +11,8 @@ CHARTS = ("tradeoff", "refusal", "harmlessness", "helpfulness", "capability")
 AIM = 0.40  # the course's aim: the final model refuses 40 points more red-team prompts than the base
 
 
-def _bars(ax, labels, groups, get, ylabel):
+def _bars(ax, labels, groups, get, ylabel, colors=None):
+    """Bars per group, one per model; ``colors`` keeps a model's colour when some are left out."""
     width = 0.8 / len(labels)
     for k, label in enumerate(labels):
         cis = [get(label, g) for g in groups]
@@ -19,7 +20,7 @@ def _bars(ax, labels, groups, get, ylabel):
         ys = [c["mean"] if c else 0 for c in cis]
         err = [[y - c["ci95"][0] if c else 0 for y, c in zip(ys, cis)],
                [c["ci95"][1] - y if c else 0 for y, c in zip(ys, cis)]]
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=label)
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=label, color=(colors or {}).get(label))
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
@@ -131,7 +132,8 @@ def charts(report: dict, folder: Path) -> list[Path]:
     tasks = list(m["base"]["capability"])
     if tasks:
         _bars(ax, [l for l in labels if m[l]["capability"]], tasks, lambda l, t: {"mean": m[l]["capability"][t]["score"],
-                                               "ci95": m[l]["capability"][t]["ci95"]}, "accuracy")
+                                               "ci95": m[l]["capability"][t]["ci95"]}, "accuracy",
+              colors={l: f"C{k}" for k, l in enumerate(labels)})
         if all(t.startswith("cai_") for t in tasks):  # the course's tasks have 4 options
             ax.axhline(0.25, color="grey", linestyle=":", label="chance")
             ax.legend(fontsize=8)

@@ -233,7 +233,8 @@ def run_pipeline(out, profile: str | Profile | None = None, constitution=DEFAULT
                                  init=paths["sft"], profile=prof)),
         # a model retrained in this run makes the old report stale (cached answers of the
         # models that did not change are reused)
-        "evaluate": (lambda: report.is_done(out / "report", report_models()) and not any(
+        "evaluate": (lambda: report.is_done(out / "report", report_models(),
+                                            report.lm_eval_plan(report_models(), prof)) and not any(
             s["status"] == "ran" for n, s in state["stages"].items() if n != "validate"),
                      lambda: report.evaluate(
                          report_models(), out / "report", profile=prof, constitution=const, progress=progress,

@@ -202,7 +202,7 @@ class Profile:
     # lm-eval's own batch (None: ``batch_size``): it keeps a full-vocabulary log-softmax at every
     # position, so on a 150k vocabulary far fewer rows fit than when generating
     lm_eval_batch_size: int | None = None
-    lm_eval_all_models: bool = True  # False: capability of the base and the final model only
+    lm_eval_models: tuple[str, ...] | None = None  # the models scored, e.g. ("base", "dpo"); None: all
 
     def model_for(self, role: str) -> str:
         """The model id for a role: ``policy``, ``critic`` or ``judge``.

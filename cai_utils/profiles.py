@@ -150,7 +150,9 @@ PROFILES: dict[str, Profile] = {
         # lm-eval's log-softmax over Qwen's 151,936-token vocabulary: ~0.6 GB a row for the longest
         # MMLU prompts, so 32 rows (the generation batch) would need ~19 GB of a 15 GB T4
         lm_eval_batch_size=4,
-        lm_eval_all_models=False,  # base and final: the tax of what you ship (--set lm_eval_all_models=true)
+        # lm-eval is most of the GPU profiles' evaluation: the base model and the one the course calls
+        # aligned only (--set lm_eval_models=None scores every model)
+        lm_eval_models=("base", "dpo"),
     ),
     "a100": Profile(
         name="a100",
@@ -192,14 +194,14 @@ PROFILES: dict[str, Profile] = {
         lm_eval_tasks=("arc_easy", "hellaswag", "mmlu", "truthfulqa_mc2", "gsm8k"),
         lm_eval_limit=1000,
         lm_eval_batch_size=8,  # ~5 GB of log-softmax at the longest MMLU prompts, beside 15 GB of weights
-        lm_eval_all_models=False,
+        lm_eval_models=("base", "dpo"),
     ),
 }
 
 
 # Colab's free tier: the t4 recipe (same models, 4-bit, fp16, sampled pairs, PPO/GRPO) at sizes
 # that finish notebooks 00-07 within one session with margin: `python -m cai_utils plan
-# --profile t4-quick` estimates ~49 minutes on a T4 against ~208 for `t4` (estimates, not
+# --profile t4-quick` estimates ~46 minutes on a T4 against ~130 for `t4` (estimates, not
 # measurements: nobody here has a GPU). What shrinks: 200 training prompts, one revision round,
 # shorter answers, and capability tasks without MMLU's 57 subjects
 PROFILES["t4-quick"] = PROFILES["t4"].replace(
@@ -214,7 +216,7 @@ PROFILES["t4-quick"] = PROFILES["t4"].replace(
 # pair, so under the GPU profiles' 0.1 every pair would be a tie and nothing downstream would train.)
 BRANCH_FIELDS = ("critic", "load_in_4bit", "rounds", "round_temperatures", "few_shot",
                  "candidate_mode", "label_source", "judge_mode", "lora_target_modules",
-                 "gradient_checkpointing", "rl", "lm_eval_all_models")
+                 "gradient_checkpointing", "rl", "lm_eval_models")
 
 
 def stand_in(name: str) -> Profile:

@@ -59,7 +59,7 @@ def fingerprint(name: str) -> str:
     return f"{name}@{base}@{'+'.join(hashes)}" if hashes else name
 
 
-REPORT_FORMAT = 2  # 2: red-team refusals per tactic; a report in another format is remade
+REPORT_FORMAT = 3  # 2: red-team refusals per tactic; 3: lm_eval's models and task limits. Others are remade
 def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings, task_limits) -> list[dict] | None:
     manifest = read_manifest(path)
     if not (manifest and manifest.get("complete") and manifest.get("model") == fingerprint(model)
@@ -71,7 +71,8 @@ def _answers_done(path: Path, model: str, ids: list[str], tasks, limit, settings
 
 
 def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Path,
-                     prof: Profile, tasks, lm_eval_limit, progress: bool = True) -> dict:
+                     prof: Profile, tasks, lm_eval_limit, progress: bool = True,
+                     task_limits: dict[str, int] | None = None) -> dict:
     """Greedy answers on the held-out sets and capability scores for one model, cached on disk
     (keyed on the model's weights, the prompts, the tasks and every generation setting)."""
     from .generation import HFGenerator
@@ -81,7 +82,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
     ids = [f"{i['set']}/{i['id']}" for i in items]
     path = out / "answers" / f"{label}.jsonl"
     settings = generation_settings(prof)
-    task_limits = dict(prof.lm_eval_task_limits) if tasks else {}  # per task, over lm_eval_limit
+    task_limits = dict(task_limits or {}) if tasks else {}  # per task, over lm_eval_limit
     cached = _answers_done(path, name, ids, tasks, lm_eval_limit, settings, task_limits)
     if cached is not None:
         return {"answers": cached, "capability": json.loads((out / "answers" / f"{label}.capability.json").read_text()),
@@ -95,7 +96,7 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
                 "messages": i["messages"], "answer": o.text, "finished": o.finished}
                for i, o in zip(items, outs)]
     capability = capability_scores(model, tokenizer, tasks, lm_eval_limit, prof.lm_eval_batch_size or prof.batch_size,
-                                   task_limits) if tasks else {}
+                                   task_limits, generation_batch_size=prof.batch_size) if tasks else {}
     seconds = round(time.perf_counter() - start, 1)
     write_json_atomic(out / "answers" / f"{label}.capability.json", capability)
     write_jsonl_atomic(path, answers)
@@ -104,6 +105,19 @@ def answer_and_score(label: str, name: str, sets: dict[str, list[dict]], out: Pa
                    **({"lm_eval_task_limits": task_limits} if task_limits else {}))
     del model
     return {"answers": answers, "capability": capability, "seconds": seconds, "cached": False}
+
+
+def lm_eval_plan(models, prof: Profile, tasks=None, lm_eval_limit: int | None = -1) -> dict:
+    """What lm-eval scores in a report: ``{"tasks", "limit", "task_limits", "models"}``. The
+    profile's tasks, limit and per-task limits (only for tasks that run; a limit passed in
+    replaces them all; 0 skips capability), on the models the profile names (GPU profiles: the
+    base model and DPO, since lm-eval is most of their evaluation time) or on every model."""
+    explicit = lm_eval_limit != -1
+    limit = lm_eval_limit if explicit else prof.lm_eval_limit
+    tasks = [] if limit == 0 else list(prof.lm_eval_tasks if tasks is None else tasks)
+    task_limits = {} if explicit else {t: n for t, n in prof.lm_eval_task_limits if t in tasks}
+    scored = [m for m in models if prof.lm_eval_models is None or m in prof.lm_eval_models] if tasks else []
+    return {"tasks": tasks, "limit": limit, "task_limits": task_limits, "models": scored}
 
 
 def _of(answers: list[dict], name: str) -> list[dict]:
@@ -134,8 +148,8 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         raise ValueError("evaluate needs a 'base' model to compare against")
     prof = get_profile(profile)
     const = cons.as_constitution(constitution)
-    lm_eval_limit = prof.lm_eval_limit if lm_eval_limit == -1 else lm_eval_limit
-    tasks = () if lm_eval_limit == 0 else tuple(prof.lm_eval_tasks if tasks is None else tasks)
+    plan = lm_eval_plan(models, prof, tasks, lm_eval_limit)
+    tasks, lm_eval_limit = tuple(plan["tasks"]), plan["limit"]
     out = Path(out)
     start = time.perf_counter()
     sets = held_out_sets(prof, limit, split="test", files=files, harmbench=harmbench)
@@ -151,11 +165,8 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         elif progress:
             print(f"XSTest could not be read from the hub ({XSTEST_SOURCE['hub']}: HF_HUB_OFFLINE "
                   "is set or the hub is unreachable), so the report has no XSTest set")
-    # capability for every model, or (GPU profiles: lm-eval is most of their evaluation time) for
-    # the base model and the last one trained only
-    measured = list(models) if prof.lm_eval_all_models else ["base", list(models)[-1]]
-    per_model = {label: answer_and_score(label, name, sets, out, prof, tasks if label in measured else (),
-                                         lm_eval_limit, progress)
+    per_model = {label: answer_and_score(label, name, sets, out, prof, tasks if label in plan["models"] else (),
+                                         lm_eval_limit, progress, plan["task_limits"])
                  for label, name in models.items()}
 
     judge_name = judge_model or prof.model_for("judge")
@@ -213,8 +224,7 @@ def evaluate(models: dict[str, str], out, profile: str | Profile | None = None,
         | ({"harmbench": harmbench_source()} if "harmbench" in sets else {})
         | ({"xstest": XSTEST_SOURCE} if "xstest" in sets else {}),
         generation=generation_settings(prof), training_data=training_data,
-        lm_eval={"tasks": list(tasks), "limit": lm_eval_limit, "task_limits": dict(prof.lm_eval_task_limits),
-                 "models": [m for m in models if m in measured] if tasks else []},
+        lm_eval=plan,
         seconds={"per_model": {k: v["seconds"] for k, v in per_model.items()},
                  "total": round(time.perf_counter() - start, 1)})
     write_report(report, scores, out)
@@ -228,16 +238,18 @@ def write_report(report: dict, scores: dict, out: Path) -> None:
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     write_json_atomic(out / "report.json", {**report, "items": scores})
     write_manifest(out / "report.jsonl", complete=True, profile=report["profile"], format=REPORT_FORMAT,
-                   models=report["models"], seconds=report["seconds"]["total"])
+                   models=report["models"], lm_eval=report["lm_eval"], seconds=report["seconds"]["total"])
 
 
-def is_done(out, models: dict | None = None) -> bool:
+def is_done(out, models: dict | None = None, lm_eval: dict | None = None) -> bool:
     """True when ``out`` holds a complete report in this version's format (of exactly these
-    ``models``, when given). An older report is remade; its cached answers are reused."""
+    ``models`` and capability settings (``lm_eval_plan``), when given). An older report is
+    remade; its cached answers are reused."""
     manifest = read_manifest(Path(out) / "report.jsonl")
     return (bool(manifest and manifest.get("complete")) and manifest.get("format") == REPORT_FORMAT
             and (Path(out) / "report.json").is_file()
-            and (models is None or manifest.get("models") == models))
+            and (models is None or manifest.get("models") == models)
+            and (lm_eval is None or manifest.get("lm_eval") == lm_eval))
 
 
 def load_report(out) -> dict:

@@ -214,8 +214,9 @@ def markdown(report: dict) -> str:
             mean = f"{tax['mean']:+.1f}%" if tax else "(reference)"
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
         if skipped:
-            lines += ["", f"Not measured: {', '.join(skipped)} (this profile scores capability on the base "
-                      "and the last model trained only; `--set lm_eval_all_models=true` scores every model)."]
+            lines += ["", f"Not measured: {', '.join(skipped)} (this profile scores capability on "
+                      f"{', '.join(report['lm_eval'].get('models', []))} only; `--set lm_eval_models=None` "
+                      "scores every model)."]
     if report.get("training_data"):
         lines += ["", *training_data_lines(report["training_data"])]
     lines += ["", "## Charts", ""] + [f"![{c}](charts/{c}.png)" for c in CHARTS]

@@ -96,8 +96,11 @@ class ServerGenerator:
     """``chat`` over a server's ``/chat/completions``, ``workers`` requests in flight."""
 
     def __init__(self, model: str, url: str | None = None, workers: int = 64,
-                 timeout: float = 600.0, progress: bool = True):
+                 timeout: float = 600.0, progress: bool = True, system: str | None = None):
+        """``system``: sent as the system message of a conversation without one (``system_text``),
+        so that the server's chat template adds no default of its own."""
         self.url = server_url(url)
+        self.system = system
         if self.url is None:
             raise GenerationServerError(f"no server: pass a URL or set {ENV}")
         self.model, self.workers, self.timeout, self.progress = model, workers, timeout, progress
@@ -111,7 +114,12 @@ class ServerGenerator:
         >>> body = g.payload([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=8), "a")
         >>> body["max_completion_tokens"], body["temperature"], body["seed"] == item_seed(0, "a")
         (8, 0.0, True)
+        >>> ServerGenerator("m", url="http://x/v1", system="Be kind.").payload(
+        ...     [{"role": "user", "content": "hi"}], SamplingParams(), "a")["messages"][0]
+        {'role': 'system', 'content': 'Be kind.'}
         """
+        if self.system is not None and conversation[:1] and conversation[0]["role"] != "system":
+            conversation = [{"role": "system", "content": self.system}, *conversation]
         return {"model": self.model, "messages": conversation,
                 "max_completion_tokens": params.max_new_tokens,
                 "max_tokens": params.max_new_tokens,  # for servers that know only the older name
@@ -149,6 +157,18 @@ class ServerGenerator:
         return results
 
 
+def system_text(model: str) -> str | None:
+    """The system message the course's own rendering gives ``model``'s conversations without one
+    (``models.load_tokenizer``: the course's text, or a default it keeps; None: the template adds
+    none). Sent explicitly, since the server renders with the model's own template."""
+    from .models import COURSE_SYSTEM_PROMPT, ModelNotFoundError, default_system_prompt, load_tokenizer
+
+    try:
+        return default_system_prompt(load_tokenizer(model))
+    except ModelNotFoundError:  # no tokenizer here to read: the course's text
+        return COURSE_SYSTEM_PROMPT
+
+
 def engines_for(names: list[str], url: str | None = None) -> tuple[dict[str, "ServerGenerator"], str]:
     """A ``ServerGenerator`` for each of ``names`` the server lists, and one line saying which
     models it serves and which stay with transformers (empty without a server). A server that
@@ -160,7 +180,8 @@ def engines_for(names: list[str], url: str | None = None) -> tuple[dict[str, "Se
         served = set(served_models(base))
     except GenerationServerError as err:
         return {}, f"generation server: {err}; answering with transformers"
-    engines = {name: ServerGenerator(name, base) for name in dict.fromkeys(names) if name in served}
+    engines = {name: ServerGenerator(name, base, system=system_text(name))
+               for name in dict.fromkeys(names) if name in served}
     rest = [n for n in dict.fromkeys(names) if n not in engines]
     line = f"generation server {base}: " + ", ".join(
         [f"{n} served" for n in engines] + [f"{n} not listed (transformers)" for n in rest])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from .capability import GENERATIVE
 from .hardware import DEVICES, SHAPES, Device, Shape, device_for, shape_for  # noqa: F401 (sizing's API)
 from .profiles import Profile
 
@@ -118,9 +119,9 @@ def decode_seconds(shape: Shape, device: Device, n: int, new_tokens: int, batch:
 
 # lm-eval tasks that are groups of subtasks (``limit`` applies to each) or that write answers
 SUBTASKS = {"mmlu": 57}
-GENERATIVE = {"gsm8k": 256}  # new tokens per question
 # the test split's size: a limit above it (or above a subject's, for mmlu) scores every question
 QUESTIONS = {"mmlu": 14042, "arc_easy": 2376, "hellaswag": 10042, "truthfulqa_mc2": 817, "gsm8k": 1319}
+COURSE_QUESTIONS = 110  # each of the course's own tasks (data/capability: 103-120)
 HARMBENCH, XSTEST = 159, 250
 # per multiple-choice task: (answer options, tokens per option with its question); each option
 # is one log-likelihood. The course's own tasks are short questions
@@ -228,11 +229,12 @@ def plan(profile: Profile, device: Device, models: int | None = None) -> list[di
     n_eval = c["test_red_team"] + c["test_borderline"] + c["test_helpful"] + external
     eval_tokens = profile.eval_max_new_tokens
     s = models * decode_seconds(policy, device, n_eval, eval_tokens, profile.batch_size, wgb)
-    limits = {t: min(SUBTASKS.get(t, 1) * dict(profile.lm_eval_task_limits).get(t, profile.lm_eval_limit or 0),
-                     QUESTIONS.get(t, math.inf)) for t in profile.lm_eval_tasks}  # questions per task
+    per_task = {t: dict(profile.lm_eval_task_limits).get(t, profile.lm_eval_limit) for t in profile.lm_eval_tasks}
+    limits = {t: min(SUBTASKS.get(t, 1) * (math.inf if n is None else n), QUESTIONS.get(t, COURSE_QUESTIONS))
+              for t, n in per_task.items()}  # questions per task (a limit of None: all of them)
     multiple = [t for t in profile.lm_eval_tasks if t not in GENERATIVE]
     questions = sum(limits.values())
-    scored = models if profile.lm_eval_all_models else min(models, 2)  # else the base and the final model
+    scored = models if profile.lm_eval_models is None else min(models, len(profile.lm_eval_models))
     s += scored * prefill_seconds(policy, device, sum(limits[t] * math.prod(CHOICE_TOKENS.get(t, COURSE_TASK))
                                                       for t in multiple))
     s += scored * sum(decode_seconds(policy, device, limits[t], GENERATIVE[t], profile.batch_size, wgb)

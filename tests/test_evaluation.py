@@ -155,8 +155,8 @@ def test_report_from_scores_has_intervals_paired_differences_and_the_tax(tmp_pat
 
 
 def test_a_model_without_capability_scores_is_reported_as_not_measured(tmp_path):
-    """GPU profiles score capability on the base and the last model only (lm-eval is most of
-    their evaluation time): the middle model's row says so instead of failing or faking a tax."""
+    """GPU profiles score capability on the base model and DPO only (lm-eval is most of their
+    evaluation time): another model's row says so instead of failing or faking a tax."""
     scores = {"base": fake_scores(0.0), "sft": {**fake_scores(0.5), "win": [1.0] * 4},
               "dpo": {**fake_scores(0.5), "win": [1.0, 0.0, 1.0, 1.0]}}
     capability = {"base": fake_capability([1.0] * 8 + [0.0] * 2), "sft": {},
@@ -174,7 +174,8 @@ def test_a_model_without_capability_scores_is_reported_as_not_measured(tmp_path)
     text = markdown(report)
     tax_section = text.split("## Capability and the alignment tax")[1].split("##")[0]
     assert "| dpo | 0.600 (+25.0%) | +25.0% |" in tax_section and "| sft |" not in tax_section
-    assert "Not measured: sft" in tax_section and "lm_eval_all_models=true" in tax_section
+    assert "Not measured: sft (this profile scores capability on base, dpo only" in tax_section
+    assert "lm_eval_models=None" in tax_section
     assert "capability tasks cai_science (limit 200; mmlu 20)" in text
     assert (charts(report, tmp_path)[-1]).name == "capability.png"
 
@@ -305,16 +306,27 @@ def test_lm_eval_gets_its_own_batch_and_task_limits_and_the_cache_knows_them(tmp
     from cai_utils.profiles import get_profile
 
     seen = []
-    monkeypatch.setattr(report, "capability_scores", lambda model, tokenizer, tasks, limit, batch, task_limits:
-                        seen.append((tuple(tasks), limit, batch, task_limits)) or {})
+    monkeypatch.setattr(report, "capability_scores", lambda model, tokenizer, tasks, limit, batch, task_limits,
+                        generation_batch_size: seen.append((tuple(tasks), limit, batch, task_limits))
+                        or {} if generation_batch_size == prof.batch_size else pytest.fail("gsm8k's batch"))
     prof = get_profile("ci").replace(lm_eval_batch_size=3, lm_eval_task_limits=(("cai_science", 2),))
     sets = {"helpful": [{"id": "h1", "messages": [{"role": "user", "content": "Name a colour."}]}]}
-    first = report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10, progress=False)
+    plan = report.lm_eval_plan({"base": "default"}, prof)
+    assert plan == {"tasks": list(prof.lm_eval_tasks), "limit": prof.lm_eval_limit,
+                    "task_limits": {"cai_science": 2}, "models": ["base"]}
+    assert report.lm_eval_plan({"base": "default"}, prof, ["cai_arithmetic"])["task_limits"] == {}  # not run
+    assert report.lm_eval_plan({"base": "default"}, prof, lm_eval_limit=5)["task_limits"] == {}  # asked for 5
+    assert report.lm_eval_plan({"base": "d", "sft": "s", "dpo": "d"}, prof.replace(lm_eval_models=("base", "dpo")),
+                               )["models"] == ["base", "dpo"]
+    assert report.lm_eval_plan({"base": "default"}, prof, lm_eval_limit=0) == {
+        "tasks": [], "limit": 0, "task_limits": {}, "models": []}
+    first = report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10, progress=False,
+                                    task_limits=plan["task_limits"])
     assert seen == [(("cai_science",), 10, 3, {"cai_science": 2})] and not first["cached"]
+    assert prof.batch_size != 3  # generative tasks answer at the generation batch, not lm-eval's own
     assert read_manifest(tmp_path / "answers" / "base.jsonl")["lm_eval_task_limits"] == {"cai_science": 2}
     assert report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10,
-                                   progress=False)["cached"]
-    other = prof.replace(lm_eval_task_limits=(("cai_science", 4),))
-    assert not report.answer_and_score("base", "default", sets, tmp_path, other, ("cai_science",), 10,
-                                       progress=False)["cached"]
+                                   progress=False, task_limits={"cai_science": 2})["cached"]
+    assert not report.answer_and_score("base", "default", sets, tmp_path, prof, ("cai_science",), 10,
+                                       progress=False, task_limits={"cai_science": 4})["cached"]
     assert seen[-1][3] == {"cai_science": 4}

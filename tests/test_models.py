@@ -247,17 +247,21 @@ def test_chat_rendering_carries_no_system_prompt_the_course_did_not_write(monkey
     assert models.default_system_prompt(raw) is None  # nothing added, nothing to replace
 
 
-@pytest.mark.parametrize("name", ["ci", "cpu", "t4-quick", "t4", "a100", "t4-cpu", "a100-cpu"])
-def test_the_judges_answer_options_are_single_tokens_for_each_profiles_tokenizer(name):
+def _judges() -> list[str]:
+    from cai_utils.profiles import get_profile, profile_names
+
+    return sorted({get_profile(n).model_for("judge") for n in profile_names()})
+
+
+@pytest.mark.parametrize("judge", _judges())
+def test_the_judges_answer_options_are_single_tokens_for_each_profiles_tokenizer(judge):
     """The judge reads P(A)/P(B) and P("1")..P("5") from one next-token distribution, so each
     option must be one token after its prefix, for every judge a profile names that is
     available offline (the GPU profiles' Qwen tokenizers need the hub: checked at load there,
     by the same function, with a one-line error)."""
     from cai_utils import prompts
     from cai_utils.judge import option_token_ids
-    from cai_utils.profiles import get_profile
 
-    judge = get_profile(name).model_for("judge")
     try:
         tokenizer = load_tokenizer(judge)
     except ModelNotFoundError:

@@ -28,7 +28,8 @@ def test_every_profile_is_complete(name):
     assert profile.name == name
     for field in dataclasses.fields(profile):
         if field.name not in ("critic_model", "judge_model", "lm_eval_limit", "calibration_pairs",
-                              "n_red_team", "n_helpful", "n_borderline", "guard_model", "lm_eval_batch_size"):
+                              "n_red_team", "n_helpful", "n_borderline", "guard_model", "lm_eval_batch_size",
+                              "lm_eval_models"):
             assert getattr(profile, field.name) is not None, field.name
     for stage in STAGES:  # each trainer's section: every setting but the optional ones
         section = getattr(profile, stage)

@@ -118,9 +118,24 @@ def test_stage1_answers_on_the_server_without_loading_the_model(server, tmp_path
     # per prompt: a first answer, then a critique and a revision per round
     assert len(bodies) == 2 * (1 + 2 * records[0]["generation"]["rounds"])
     assert read_manifest(out)["engines"] == {"default": [url]}
+    # the system message the in-process engine renders, sent explicitly (the server's template
+    # would otherwise add its model's own default)
+    assert {b["messages"][0]["content"] for b in bodies if b["messages"][0]["role"] == "system"} \
+        <= {*models.KEPT_SYSTEM_PROMPTS, *(r["messages"][0]["content"] for r in records)}
+    assert all(b["messages"][0]["role"] == "system" for b in bodies)
     again = critique.run_critique(ROOT / "constitutions" / "harmless-general.yaml",
                                   ROOT / "data" / "prompts" / "red_team_train.jsonl", out, limit=2)
     assert "(0 new)" in again and read_manifest(out)["engines"] == {"default": [url]}  # kept
+
+
+def test_the_server_gets_the_system_message_the_course_renders_in_process():
+    from cai_utils import models
+    from cai_utils.serving import system_text
+
+    assert system_text("default") in models.KEPT_SYSTEM_PROMPTS  # the offline model's, kept
+    # a model whose tokenizer cannot be read here gets the course's text (with the hub, load_tokenizer
+    # would put the same text in place of Qwen2.5's "You are Qwen, ...")
+    assert system_text("Qwen/Qwen2.5-1.5B-Instruct") == models.COURSE_SYSTEM_PROMPT
 
 
 def test_an_unreachable_server_leaves_every_model_with_transformers():
