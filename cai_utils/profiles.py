@@ -208,7 +208,7 @@ PROFILES["t4-quick"] = PROFILES["t4"].replace(
     name="t4-quick", description="Colab free tier: the t4 recipe sized to finish in one session",
     n_red_team=100, n_helpful=40, n_borderline=60, rounds=1, max_new_tokens=192,
     critique_max_new_tokens=128, eval_max_new_tokens=160,
-    lm_eval_tasks=("arc_easy", "hellaswag", "gsm8k"), lm_eval_limit=100)
+    lm_eval_tasks=("arc_easy", "hellaswag", "gsm8k"), lm_eval_limit=100, lm_eval_task_limits=())
 
 # What decides which branch of the code a profile takes (as opposed to how big it is): a CPU
 # stand-in of a GPU profile copies these and keeps the ``ci`` sizes and the offline model.

@@ -44,6 +44,8 @@ def test_every_profile_is_complete(name):
     # DPO moves the policy far more per step than SFT: its learning rate is lower
     assert profile.dpo.learning_rate < profile.sft.learning_rate
     assert profile.judge_mode in ("sampled", "all")
+    # a per-task limit names a task the profile runs (t4-quick once kept t4's MMLU limit without MMLU)
+    assert {t for t, _ in profile.lm_eval_task_limits} <= set(profile.lm_eval_tasks)
     assert profile.dtype in ("float32", "float16", "bfloat16")
 
 
