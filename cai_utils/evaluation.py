@@ -25,7 +25,8 @@ def generation_settings(prof) -> dict:
 
     return {"max_new_tokens": prof.eval_max_new_tokens,
             "refusal_only_max_new_tokens": min(REFUSAL_TOKENS, prof.eval_max_new_tokens),
-            "temperature": 0.0, "dtype": inference_dtype(prof), "load_in_4bit": prof.load_in_4bit}
+            "temperature": 0.0, "dtype": inference_dtype(prof), "load_in_4bit": prof.load_in_4bit,
+            "batches": "per set"}
 
 
 def answer_sets(engine, sets: dict[str, list[dict]], settings: dict, label: str = "") -> dict[str, list]:
@@ -33,21 +34,18 @@ def answer_sets(engine, sets: dict[str, list[dict]], settings: dict, label: str 
     the one answering path of ``evaluate`` (the report) and ``refusal_quality`` (validation
     choices, ``improve``), so a model answers a prompt file the same way in both. Sets in
     ``REFUSAL_ONLY`` get ``settings["refusal_only_max_new_tokens"]``, the rest
-    ``settings["max_new_tokens"]``; each budget is one batch run (the batches' make-up changes
-    bf16 greedy answers, so it is the same in both)."""
+    ``settings["max_new_tokens"]``.
+
+    Each set is batched on its own: which prompts share a batch changes the padding, and under
+    bf16 the padding changes greedy answers. So a prompt's answer depends on its own set only,
+    never on which other sets or files are answered in the same call."""
     from .generation import SamplingParams
 
-    rows = [(name, k, item) for name, items in sets.items() for k, item in enumerate(items)]
-    outs: dict[str, list] = {name: [None] * len(items) for name, items in sets.items()}
-    for short in (False, True):
-        todo = [(name, k, item) for name, k, item in rows if (name in REFUSAL_ONLY) == short]
-        if not todo:
-            continue
-        budget = settings["refusal_only_max_new_tokens" if short else "max_new_tokens"]
-        done = engine.chat([item["messages"] for _, _, item in todo], SamplingParams(max_new_tokens=budget),
-                           desc=f"answers {label}".strip() + (" (refusal only)" if short else ""))
-        for (name, k, _), o in zip(todo, done):
-            outs[name][k] = o
+    outs: dict[str, list] = {}
+    for name, items in sets.items():
+        budget = settings["refusal_only_max_new_tokens" if name in REFUSAL_ONLY else "max_new_tokens"]
+        outs[name] = engine.chat([item["messages"] for item in items], SamplingParams(max_new_tokens=budget),
+                                 desc=f"answers {label} {name}".replace("  ", " ").strip()) if items else []
     return outs
 
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "cai_utils", *args], capture_output=True,
@@ -29,6 +31,7 @@ def test_info_accepts_the_cpu_stand_ins_of_the_gpu_profiles():
     assert "profile   t4-cpu" in result.stdout and "4-bit True" in result.stdout
 
 
+@pytest.mark.slow
 def test_info_loads_the_default_model():
     result = run("info", "--profile", "ci")
     assert result.returncode == 0, result.stderr

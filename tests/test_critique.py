@@ -124,6 +124,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, change, message):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_writes_valid_records_with_provenance(tmp_path):
     out = tmp_path / "sft.jsonl"
     result = cli("--constitution", str(CONSTITUTION), "--prompts", str(RED), str(HELPFUL),
@@ -151,6 +152,7 @@ def test_cli_writes_valid_records_with_provenance(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_run_resumes_with_every_id_exactly_once(tmp_path):
     out = tmp_path / "sft.jsonl"
     args = ["--constitution", str(CONSTITUTION), "--prompts", str(RED), "--out", str(out),
@@ -177,18 +179,18 @@ def test_killed_run_resumes_with_every_id_exactly_once(tmp_path):
     assert "(0 new)" in rerun.stdout and len(read_jsonl(out)) == 6
 
 
-@pytest.mark.slow
-def test_records_train_sfttrainer_as_is(tmp_path, trains):
+def test_records_train_sfttrainer_as_is(tmp_path, trains, tiny_run):
+    """The records ``run_critique`` wrote (the shared run's self-critique arm: the policy's own
+    critiques and revisions) load with ``datasets`` and train TRL's SFTTrainer unchanged."""
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    from cai_utils.critique import run_critique
     from cai_utils.models import load_model
 
+    records = tiny_run[0] / "self-critique" / "sft.jsonl"
+    assert read_manifest(records)["complete"] and len(read_jsonl(records)) >= 2
     model, tokenizer = load_model("default")  # its own copy: training changes it in place
-    out = tmp_path / "sft.jsonl"
-    run_critique(CONSTITUTION, RED, out, limit=2, models={"default": (model, tokenizer)})
-    dataset = load_dataset("json", data_files=str(out), split="train")
+    dataset = load_dataset("json", data_files=str(records), split="train")
     config = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2,
                        report_to=[], use_cpu=True, gradient_checkpointing=False, save_strategy="no",
                        max_length=256, logging_steps=1)

@@ -273,8 +273,8 @@ def test_improve_scores_rounds_on_validation_prompts_never_the_test_sets(monkeyp
 
 
 def test_answer_sets_is_one_path_short_budget_for_refusal_only_sets_answers_in_item_order():
-    """`evaluate` and `refusal_quality` answer through `answer_sets`: one batch run per budget,
-    the refusal-only sets (borderline, HarmBench) with the short one, each answer back on its item."""
+    """`evaluate` and `refusal_quality` answer through `answer_sets`: one batch run per set, the
+    refusal-only sets (borderline, HarmBench) with the short budget, each answer back on its item."""
     from cai_utils.generation import Completion
     from cai_utils.profiles import get_profile
 
@@ -291,12 +291,49 @@ def test_answer_sets_is_one_path_short_budget_for_refusal_only_sets_answers_in_i
     prof = get_profile("cpu")
     settings = E.generation_settings(prof)
     outs = E.answer_sets(Echo(), sets, settings, "sft")
-    assert calls == [(4, prof.eval_max_new_tokens, "answers sft"),
-                     (4, min(E.REFUSAL_TOKENS, prof.eval_max_new_tokens), "answers sft (refusal only)")]
+    long, short = prof.eval_max_new_tokens, min(E.REFUSAL_TOKENS, prof.eval_max_new_tokens)
+    assert calls == [(3, long, "answers sft red_team"), (2, short, "answers sft borderline"),
+                     (1, long, "answers sft helpful"), (2, short, "answers sft harmbench")]
     assert {name: [o.text for o in rows] for name, rows in outs.items()} == {
         name: [i["messages"][0]["content"] for i in items] for name, items in sets.items()}
 
 
+def test_an_answer_does_not_depend_on_the_other_prompts_evaluated_with_it():
+    """The same prompt, the same model, greedy: its answer must not move with the company it
+    keeps. Under bf16 a batch's padding changes greedy answers (16 helpful prompts were refused
+    2/16 by one evaluate call and 3/16 by another that also held other prompt files), so each
+    set is batched on its own. Here an engine whose answers depend on their batch, as bf16's do,
+    answers the helpful set alone and beside two other files: the same texts."""
+    from cai_utils.generation import Completion
+    from cai_utils.profiles import get_profile
+
+    class PaddingSensitive:  # an answer that depends on its batch, as bf16's do through the padding
+        batch_size = 4
+
+        def chat(self, conversations, params, keys=None, desc=""):
+            order = sorted(range(len(conversations)), key=lambda i: len(conversations[i][-1]["content"]))
+            out = [None] * len(conversations)
+            for at in range(0, len(order), self.batch_size):
+                batch = order[at:at + self.batch_size]
+                longest = max(len(conversations[i][-1]["content"]) for i in batch)
+                for i in batch:
+                    out[i] = Completion(f"{conversations[i][-1]['content']} (padded to {longest})", 1, True)
+            return out
+
+    def items(name, lengths):
+        return [{"id": f"{name}{k}", "messages": [{"role": "user", "content": "x" * n}]}
+                for k, n in enumerate(lengths)]
+
+    helpful = items("helpful", [3, 5, 7, 9, 11, 13])
+    settings = E.generation_settings(get_profile("ci"))
+    alone = E.answer_sets(PaddingSensitive(), {"helpful": helpful}, settings)
+    company = E.answer_sets(PaddingSensitive(), {"red_team": items("red_team", [4, 6, 8, 30]), "helpful": helpful,
+                                                 "extra": items("extra", [2, 12])}, settings)
+    assert [o.text for o in company["helpful"]] == [o.text for o in alone["helpful"]]
+    assert settings["batches"] == "per set"  # in the answer cache's key: answers batched otherwise are redone
+
+
+@pytest.mark.slow
 def test_lm_eval_gets_its_own_batch_and_task_limits_and_the_cache_knows_them(tmp_path, monkeypatch):
     """GPU profiles give lm-eval a far smaller batch than generation (its log-softmax spans the
     whole vocabulary) and MMLU fewer questions per subject; answers cached under other task

@@ -167,6 +167,7 @@ def test_the_subcommand_takes_the_profile_option():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_round_trip_with_the_offline_judge(tmp_path, root):
     pairs = tmp_path / "tiny.jsonl"
     rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": x}], "rejected": y}

@@ -40,6 +40,7 @@ def _launch(args, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sft_trains_in_two_cpu_processes_over_gloo(tmp_path, root):
     data = tmp_path / "sft.jsonl"
     lines = (root / "data" / "sft" / "harmless-general.course-critic.jsonl").read_text().splitlines()

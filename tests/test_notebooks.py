@@ -68,6 +68,7 @@ def test_readme_links_the_notebook(path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_cell_that_prints_a_lot_ends_cleanly_under_nbval(tmp_path, root):
     """A cell's output is read while it runs (tests/nbval_output.py), so the kernel's end-of-cell
     message is not dropped from a full queue; without the plugin this cell fails with "Timeout of

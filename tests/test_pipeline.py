@@ -10,19 +10,18 @@ from cai_utils.data import DataError, file_sha256
 from cai_utils.manifest import read_manifest
 from cai_utils.ablation import ablate
 from cai_utils.pipeline import run_pipeline, stage_table
-from cai_utils.profiles import get_profile
 
-# the ci profile with the shortest training and evaluation that still runs every code path
-TINY = get_profile("ci").replace(sft={"steps": 1}, dpo={"steps": 1}, reward={"steps": 1},
-                                 ppo={"steps": 1}, grpo={"steps": 1}, eval_prompts=2, lm_eval_limit=4)
-CONSTITUTION = "constitutions/harmless-general.yaml"
+from conftest import CONSTITUTION, tiny
+
+# the ci profile with the shortest training and evaluation that still runs every code path: the
+# session's shared run (``tiny_run``, read-only) is made with it; tests that change a run folder
+# work on a copy (``tiny_run_copy``), so no test depends on the order they run in
+TINY = tiny("ci")
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    return out, run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
-                             log=lambda _: None)
+@pytest.fixture
+def pipeline(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.slow
@@ -56,8 +55,8 @@ def test_run_makes_every_stage_and_the_report(pipeline):
 
 
 @pytest.mark.slow
-def test_rerun_skips_complete_stages_and_resumes_an_interrupted_one(pipeline):
-    out, _ = pipeline
+def test_rerun_skips_complete_stages_and_resumes_an_interrupted_one(tiny_run_copy):
+    out = tiny_run_copy
     again = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
                          log=lambda _: None)
     assert [n for n, s in again["stages"].items() if s["status"] == "ran"] == ["validate"]
@@ -74,8 +73,8 @@ def test_rerun_skips_complete_stages_and_resumes_an_interrupted_one(pipeline):
 
 
 @pytest.mark.slow
-def test_new_sft_data_retrains_every_model_downstream_of_sft(pipeline):
-    out, _ = pipeline
+def test_new_sft_data_retrains_every_model_downstream_of_sft(tiny_run_copy):
+    out = tiny_run_copy
     lines = (out / "sft.jsonl").read_text().splitlines(True)
     (out / "sft.jsonl").write_text("".join(lines[1:]))  # as if stage 1 had been redone
     rerun = run_pipeline(out, profile=TINY, constitution=CONSTITUTION, progress=False,
@@ -88,8 +87,8 @@ def test_new_sft_data_retrains_every_model_downstream_of_sft(pipeline):
 
 
 @pytest.mark.slow
-def test_run_refuses_to_mix_constitutions_in_one_folder(pipeline):
-    out, _ = pipeline
+def test_run_refuses_to_mix_constitutions_in_one_folder(tiny_run_copy):
+    out = tiny_run_copy
     with pytest.raises(DataError, match="made with another constitution"):
         run_pipeline(out, profile=TINY, constitution="constitutions/hhh-minimal.yaml",
                      progress=False, log=lambda _: None)
@@ -163,11 +162,8 @@ def test_ablation_compares_each_removed_principle_with_the_full_constitution(tmp
 
 
 @pytest.mark.slow
-def test_a_profile_without_rl_skips_reward_and_ppo_and_reports_without_them(pipeline, tmp_path):
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(pipeline[0], out)
+def test_a_profile_without_rl_skips_reward_and_ppo_and_reports_without_them(tiny_run_copy):
+    out = tiny_run_copy
     state = run_pipeline(out, profile=TINY.replace(rl=False), constitution=CONSTITUTION,
                          progress=False, log=lambda _: None)
     assert state["stages"]["reward"]["status"] == state["stages"]["ppo"]["status"] == \
@@ -179,13 +175,10 @@ def test_a_profile_without_rl_skips_reward_and_ppo_and_reports_without_them(pipe
 
 
 @pytest.mark.slow
-def test_a_changed_training_setting_retrains_that_stage_only(pipeline, tmp_path):
+def test_a_changed_training_setting_retrains_that_stage_only(tiny_run_copy):
     """``run --set dpo.beta=0.2`` on a finished folder: DPO was trained with another beta, so it
     trains again (and the report is remade); SFT, the reward model and PPO keep theirs."""
-    import shutil
-
-    out = tmp_path / "copy"
-    shutil.copytree(pipeline[0], out)
+    out = tiny_run_copy
     assert read_manifest(out / "dpo" / "adapter.jsonl")["settings"]["dpo"]["beta"] == TINY.dpo.beta
     state = run_pipeline(out, profile=TINY.replace(dpo={"beta": 0.2}), constitution=CONSTITUTION,
                          progress=False, log=lambda _: None)

@@ -8,6 +8,7 @@ from cai_utils import sizing
 from cai_utils.profiles import PROFILES, stand_in
 
 
+@pytest.mark.slow
 def test_the_default_models_shape_gives_its_parameter_count(default_model):
     model, _ = default_model
     real = sum(p.numel() for p in model.parameters())
@@ -28,6 +29,7 @@ def test_lora_parameters_match_what_peft_trains(default_model, name):
     assert sizing.lora_params(sizing.SHAPES["default"], prof) == trainable
 
 
+@pytest.mark.slow
 def test_four_bit_weights_match_what_bitsandbytes_stores():
     from cai_utils.models import load_model
 

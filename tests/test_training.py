@@ -2,6 +2,7 @@
 saves an adapter that reloads and generates."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
     monkeypatch.setattr(checkpoint_select, "pick", lambda rows, limit=0.15: rows[0])
     out = tmp_path / "dpo"
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=2,
-                                profile=PROFILE.replace(dpo={"select_every": 1, "stop_early": False}))
+                                profile=PROFILE.replace(dpo={"select_every": 1, "stop_early": False}, eval_prompts=2))
     selection = json.loads((out / "checkpoints" / "selection.json").read_text())
     assert [r["step"] for r in selection["rows"]] == [1, 2] and selection["split"] == "val"
     assert selection["stopped_at"] is None  # trained to the end
@@ -155,7 +156,7 @@ def test_dpo_keeps_the_checkpoint_the_validation_rule_picks(tmp_path, pref_data,
     assert saved.keys() == first.keys()
     assert all(torch.equal(saved[k], first[k]) for k in saved)
     assert any(not torch.equal(first[k], last[k]) for k in first)
-    again = refusal_quality(str(out), PROFILE, split="val")
+    again = refusal_quality(str(out), PROFILE.replace(eval_prompts=2), split="val")
     assert again["red_team_declined"] == selection["rows"][0]["red_team_refused"]
     assert 1 - again["borderline_answered"] == selection["rows"][0]["borderline_refused"]
 
@@ -174,7 +175,7 @@ def test_dpo_stops_at_the_first_checkpoint_within_the_rule(tmp_path, pref_data, 
     out = tmp_path / "dpo"
     (out / "checkpoints" / "step-0002").mkdir(parents=True)  # left over from a crashed run
     result = training.train_dpo(pref_data, out, init=sft_adapter[0], max_steps=3,
-                                profile=PROFILE.replace(dpo={"select_every": 1}))
+                                profile=PROFILE.replace(dpo={"select_every": 1}, eval_prompts=2))
     assert result.steps == 1 and result.metrics["selected_step"] == 1
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0001"]
     assert json.loads((out / "checkpoints" / "selection.json").read_text())["stopped_at"] == 1
@@ -257,8 +258,11 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
     # a reward model trained on the rule labels with these settings (notebook 06's own) stands in
     # for the rule arm; one trained with other settings does not
     own = tmp_path / "cmp" / "reward-rule"
+    # the judge and soft arms are current in the copy: only the rule arm could train there
+    shutil.copytree(tmp_path / "cmp", tmp_path / "cmp2", ignore=shutil.ignore_patterns("reward-rule"))
     fresh = compare_labels(prefs, tmp_path / "cmp2", profile=one_step, pairs=hand, rule_model=own)
     assert fresh["rule"]["trained"] is False and not (tmp_path / "cmp2" / "reward-rule").exists()
+    assert fresh["judge"]["trained"] is fresh["soft"]["trained"] is False
     assert fresh["rule"]["correct"] == result["rule"]["correct"]
     assert fresh["rule"]["folder"] == str(own) and result["soft"]["folder"].endswith("reward-soft")
     # whose labels the first arm learnt: the rule's, unless the file's pairs were judge-labelled
@@ -276,17 +280,30 @@ def test_compare_labels_scores_rule_judge_and_soft_reward_models_on_hand_labels(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["ppo", "grpo"])
-def test_rl_from_sft_with_the_reward_model(tmp_path, stage, sft_adapter, reward_adapter):
-    prompts = write(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(4)])
-    train = rl.train_ppo if stage == "ppo" else rl.train_grpo
-    result = train(prompts, tmp_path / stage, reward=reward_adapter[0], init=sft_adapter[0],
-                   max_steps=2, profile=PROFILE)
+def test_rl_from_sft_with_the_reward_model(stage, request):
+    """PPO (the ci run: 16-bit base) and GRPO (the t4-cpu run: 4-bit base) from the run's SFT
+    adapter, with its reward model: two steps that change the policy's LoRA (and PPO's value
+    model), an adapter that reloads and generates, on the SFT model it was trained on."""
+    out, _ = request.getfixturevalue("tiny_run" if stage == "ppo" else "tiny_run_t4")
+    result = saved_result(out / stage)
     assert result.steps == 2 and changed_weights(result)
+    config = json.loads((out / stage / "train_config.json").read_text())
+    assert config["stage"] == stage and Path(config["reward"]) == out / "reward"
     if stage == "ppo":  # the value model learns too: its LoRA and score head (13 item 11)
         assert result.metrics["value_trainable_params"] > 0
         assert result.metrics["value_params_changed"] > 0
-    assert reload_and_generate(tmp_path / stage)
-    assert loads_on_the_sft_model(tmp_path / stage, sft_adapter[0])
+    assert reload_and_generate(out / stage)
+    if stage == "ppo":  # on a 4-bit base the adapters stay unmerged (test_models checks that path)
+        assert loads_on_the_sft_model(out / stage, out / "sft")
+
+
+def saved_result(folder):
+    """What ``train_*`` returned, read back from the adapter's manifest (the shared runs'
+    trainers returned it to ``run_pipeline``)."""
+    from types import SimpleNamespace
+
+    manifest = json.loads((folder / "adapter.manifest.json").read_text())
+    return SimpleNamespace(out=folder, steps=manifest["steps"], metrics=manifest["metrics"])
 
 
 def loads_on_the_sft_model(rl_folder, sft_folder) -> bool:
@@ -389,6 +406,7 @@ def test_self_improve_stops_when_quality_drops_more_than_5_percent():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_improve_cli_runs_one_real_round(tmp_path):
     env = {**os.environ, "CAI_PROFILE": "ci", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "cai_utils", "improve", "--constitution",
