@@ -24,8 +24,8 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test test-all test-fast test-gpu-paths coverage lint clean help
 help:
 	@echo "make demo       install everything and run the whole pipeline on the offline default model"
-	@echo "make test       the tests and the notebooks under ci, side by side (about 10 min on 2 cores)"
-	@echo "make test-fast  the tests that load no model (about 1-2 min): the edit loop"
+	@echo "make test       the tests and the notebooks under ci, side by side (about 16 min on 2 cores)"
+	@echo "make test-fast  the tests that load no model (under a minute): the edit loop"
 	@echo "make test-all   make test, then the notebooks under the GPU profiles' CPU stand-ins (CI runs this)"
 
 $(PY):
