@@ -100,9 +100,10 @@ coverage: $(STAMP)
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report
 
-# No model is loaded: the edit loop (conftest fails a test without the slow mark that loads one).
+# No model is loaded and no browser started: the edit loop (conftest fails a test without the slow
+# mark that loads a model; the browser tests run in make test).
 test-fast: $(STAMP)
-	$(PYTEST) -n 2 -m "not slow and not e2e" --doctest-modules cai_utils tests
+	$(PYTEST) -n 2 -m "not slow and not e2e and not browser" --doctest-modules cai_utils tests
 
 clean:
 	rm -rf runs .pytest_cache .coverage .coverage.*
